@@ -1,0 +1,254 @@
+// Package file is the file source and the file sink.
+//
+// The source replays a dump of a changes feed, one row per line as
+// `_changes?feed=continuous&include_docs=true` writes them:
+//
+//	source: {file: {path: changes.jsonl}}
+//
+// It keeps no checkpoint and ends at the end of the file.
+//
+// The sink appends one JSON object per line, for debugging, demos and
+// tests, and flushes before it acknowledges a batch:
+//
+//	sinks:
+//	  - file: {path: out.jsonl}   # "-" for stdout
+//
+// Lines are {"action":"index","id":ID,"doc":RECORD} and
+// {"action":"delete","id":ID}. Relative paths are taken from the working
+// directory.
+package file
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"sync"
+
+	"github.com/dimagi/ptop/engine"
+)
+
+func init() {
+	engine.RegisterSource("file", NewSource)
+	engine.RegisterSink("file", NewSink)
+}
+
+// SourceConfig is `source: {file: …}`.
+type SourceConfig struct {
+	Path string `yaml:"path" ptop:"required"`
+}
+
+// Validate implements engine.Validator.
+func (c *SourceConfig) Validate(ch *engine.Check) {
+	if ch.Has("path") && c.Path == "" {
+		ch.Errorf("path", "path must not be empty")
+	}
+}
+
+// Source reads changes from a file.
+type Source struct {
+	path string
+}
+
+// NewSource makes a file source; the file is opened when it runs.
+func NewSource(cfg *SourceConfig, _ engine.BuildContext) (engine.Source, error) {
+	return &Source{path: cfg.Path}, nil
+}
+
+// row is a change row as the continuous feed writes it.
+type row struct {
+	Seq     json.RawMessage `json:"seq"`
+	ID      string          `json:"id"`
+	Changes []struct {
+		Rev string `json:"rev"`
+	} `json:"changes"`
+	Deleted bool            `json:"deleted"`
+	Doc     json.RawMessage `json:"doc"`
+	LastSeq json.RawMessage `json:"last_seq"`
+}
+
+// Run implements engine.Source. since is ignored: the file is read from its
+// start.
+func (s *Source) Run(ctx context.Context, since string, out chan<- engine.Change) error {
+	f, err := os.Open(s.path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(f, 1<<20)
+	for lineNo := 1; ; lineNo++ {
+		line, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			// A line longer than the buffer: gather it whole.
+			long := append([]byte(nil), line...)
+			for errors.Is(err, bufio.ErrBufferFull) {
+				line, err = r.ReadSlice('\n')
+				long = append(long, line...)
+			}
+			line = long
+		}
+		if len(bytes.TrimSpace(line)) > 0 {
+			c := parseRow(line, lineNo)
+			if c != nil {
+				select {
+				case out <- *c:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// parseRow turns a line into a change, or nil for lines that carry none
+// (the feed's closing {"last_seq":…}).
+func parseRow(line []byte, lineNo int) *engine.Change {
+	var r row
+	if err := json.Unmarshal(line, &r); err != nil {
+		return &engine.Change{Err: fmt.Errorf("line %d: %w", lineNo, err)}
+	}
+	if r.ID == "" {
+		if r.LastSeq != nil {
+			return nil
+		}
+		return &engine.Change{Err: fmt.Errorf("line %d: a change row needs an id", lineNo)}
+	}
+	c := &engine.Change{ID: r.ID, Seq: seqString(r.Seq), Deleted: r.Deleted}
+	if len(r.Changes) > 0 {
+		c.Rev = r.Changes[0].Rev
+	}
+	if len(r.Doc) > 0 && string(r.Doc) != "null" {
+		c.RawDoc = r.Doc
+	}
+	return c
+}
+
+// seqString keeps a sequence id verbatim: an integer's digits, or a
+// string's content.
+func seqString(raw json.RawMessage) string {
+	if len(raw) > 0 && raw[0] == '"' {
+		if s, err := strconv.Unquote(string(raw)); err == nil {
+			return s
+		}
+	}
+	return string(raw)
+}
+
+// SinkConfig is `- file: …` in sinks.
+type SinkConfig struct {
+	Path string `yaml:"path" ptop:"required"`
+	// Sync calls fsync after each batch, for durability across a crash of
+	// the machine, not just of ptop.
+	Sync bool `yaml:"sync"`
+}
+
+// Validate implements engine.Validator.
+func (c *SinkConfig) Validate(ch *engine.Check) {
+	if ch.Has("path") && c.Path == "" {
+		ch.Errorf("path", "path must not be empty (use \"-\" for stdout)")
+	}
+}
+
+// Sink appends records to a file as JSON lines.
+type Sink struct {
+	cfg SinkConfig
+	mu  sync.Mutex
+	f   *os.File
+	w   *bufio.Writer
+	buf bytes.Buffer
+	enc *json.Encoder
+}
+
+// NewSink makes a file sink; the file is opened by Open.
+func NewSink(cfg *SinkConfig, _ engine.BuildContext) (engine.Sink, error) {
+	return &Sink{cfg: *cfg}, nil
+}
+
+// Open implements engine.Sink.
+func (s *Sink) Open(context.Context) error {
+	if s.cfg.Path == "-" {
+		s.f = os.Stdout
+	} else {
+		f, err := os.OpenFile(s.cfg.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return err
+		}
+		s.f = f
+	}
+	s.w = bufio.NewWriterSize(s.f, 1<<16)
+	s.enc = json.NewEncoder(&s.buf)
+	s.enc.SetEscapeHTML(false)
+	return nil
+}
+
+type line struct {
+	Action string `json:"action"`
+	ID     string `json:"id"`
+	Doc    any    `json:"doc,omitempty"`
+}
+
+// Write implements engine.Sink: the batch is written and flushed to the
+// file before it returns.
+func (s *Sink) Write(_ context.Context, records []engine.Record) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs engine.RecordErrors
+	for i := range records {
+		r := &records[i]
+		l := line{Action: "index", ID: r.ID, Doc: r.Doc}
+		if r.Delete {
+			l = line{Action: "delete", ID: r.ID}
+		}
+		s.buf.Reset()
+		if err := s.enc.Encode(l); err != nil {
+			errs = append(errs, engine.RecordError{Index: i, Err: fmt.Errorf("encoding the record: %w", err)})
+			continue
+		}
+		if _, err := s.w.Write(s.buf.Bytes()); err != nil {
+			return err
+		}
+	}
+	if err := s.w.Flush(); err != nil {
+		return err
+	}
+	if s.cfg.Sync && s.f != os.Stdout {
+		if err := s.f.Sync(); err != nil {
+			return err
+		}
+	}
+	if errs != nil {
+		return errs
+	}
+	return nil
+}
+
+// Close implements engine.Sink.
+func (s *Sink) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.f == nil {
+		return nil
+	}
+	err := s.w.Flush()
+	if s.f != os.Stdout {
+		err = errors.Join(err, s.f.Close())
+	}
+	s.f = nil
+	return err
+}
+
+var (
+	_ engine.Source = (*Source)(nil)
+	_ engine.Sink   = (*Sink)(nil)
+)

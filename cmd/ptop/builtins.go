@@ -1,0 +1,6 @@
+package main
+
+// The built-in sources and sinks register themselves with the engine.
+import (
+	_ "github.com/dimagi/ptop/builtins/file"
+)

@@ -1,0 +1,177 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Change is one row of a changes feed.
+type Change struct {
+	// Seq is the feed's sequence id, opaque: an integer ("42", CouchDB 1.x
+	// and PouchDB) or a string ("42-g1AAAA…", CouchDB 2+), kept verbatim.
+	Seq     string
+	ID      string
+	Rev     string
+	Deleted bool
+	// Doc is the decoded document. A source may leave it nil and set RawDoc
+	// instead; the engine then decodes it on a worker, off the source's
+	// goroutine.
+	Doc    map[string]any
+	RawDoc []byte
+	// Err, when set, says the source could not read this change (a row it
+	// could not parse). The change goes to error handling with it; its Seq
+	// still counts as processed.
+	Err error
+}
+
+// Record is one write to a sink: an index of a record the transform
+// returned, or a delete of a deleted document's records.
+type Record struct {
+	ID     string // the record's _id if the transform set one, else DocID
+	DocID  string // the source document's id
+	Rev    string // the source document's revision ("3-abc")
+	Seq    string // the change's sequence id
+	Delete bool
+	Doc    any // what the transform returned (nil for deletes)
+}
+
+// Source reads a changes feed.
+type Source interface {
+	// Run sends changes after since to out, in feed order, until ctx is
+	// done or the feed ends. An empty since means the configured start.
+	// It reconnects by itself after network errors, resuming after the last
+	// change it sent. It returns nil when the feed has ended (a file was
+	// read to its end), ctx.Err() when cancelled, and any other error when
+	// it cannot go on (bad credentials, missing database).
+	Run(ctx context.Context, since string, out chan<- Change) error
+}
+
+// CheckpointStore keeps each pillow's position in its feed. A Source that
+// implements it keeps the checkpoints of the pillows that read from it.
+type CheckpointStore interface {
+	// LoadCheckpoint returns the saved sequence id, or "" if none.
+	LoadCheckpoint(ctx context.Context, pillow string) (string, error)
+	// SaveCheckpoint stores seq as the pillow's position.
+	SaveCheckpoint(ctx context.Context, pillow, seq string) error
+}
+
+// Sink writes records somewhere.
+type Sink interface {
+	// Open connects and checks the destination. It is called once, before
+	// the first Write.
+	Open(ctx context.Context) error
+	// Write stores records, in order. A nil error acknowledges all of them
+	// durably. A *RecordErrors acknowledges all but the records it names,
+	// which failed for reasons of their own (rejected by the server) and go
+	// to error handling. Any other error means nothing is acknowledged: the
+	// engine retries the whole batch with backoff.
+	Write(ctx context.Context, records []Record) error
+	// Close releases connections. Written records are already durable.
+	Close() error
+}
+
+// RecordError is the failure of one record of a batch.
+type RecordError struct {
+	Index int // in the batch given to Write
+	Err   error
+}
+
+// RecordErrors lists the records of a batch that a sink rejected.
+type RecordErrors []RecordError
+
+func (e RecordErrors) Error() string {
+	if len(e) == 1 {
+		return fmt.Sprintf("record %d: %v", e[0].Index, e[0].Err)
+	}
+	return fmt.Sprintf("%d records rejected, first: record %d: %v", len(e), e[0].Index, e[0].Err)
+}
+
+// Failure is a change that could not be processed on its own: its row was
+// unreadable, its transform threw or ran out of time, or a sink rejected its
+// record.
+type Failure struct {
+	Pillow string
+	Change Change
+	Stage  string // "source", "decode", "filter", "transform" or "sink:NAME"
+	Err    error
+	Time   time.Time
+}
+
+// ErrorStore receives failures. The pillow's checkpoint may pass a change
+// once its failure is recorded.
+type ErrorStore interface {
+	Record(ctx context.Context, f Failure) error
+}
+
+// LogErrorStore records failures in the log, at error level. Its logger
+// is expected to name the pillow.
+type LogErrorStore struct{ Log *slog.Logger }
+
+// Record logs f.
+func (s LogErrorStore) Record(_ context.Context, f Failure) error {
+	s.Log.Error("change failed", "id", f.Change.ID, "seq", f.Change.Seq, "stage", f.Stage, "error", f.Err)
+	return nil
+}
+
+// BuildContext is what a source or sink constructor knows of its pillow.
+// Constructors must not touch the network; that is Open's and Run's job.
+type BuildContext struct {
+	Pillow string       // the pillow's name
+	File   string       // the pillow file's path
+	Dir    string       // its directory, for relative paths
+	Log    *slog.Logger // tagged with the pillow's name
+}
+
+type plugin struct {
+	newConfig func() any
+	build     func(cfg any, bc BuildContext) (any, error)
+}
+
+var (
+	sources = map[string]plugin{}
+	sinks   = map[string]plugin{}
+)
+
+// RegisterSource makes a source type available to pillows as
+// `source: {NAME: …}`. The YAML under NAME is decoded into a C (strictly,
+// with positions, after SetDefaults and followed by Validate when C has
+// them); build then makes the source without touching the network. Call it
+// from a builtin's init.
+func RegisterSource[C any](name string, build func(cfg *C, bc BuildContext) (Source, error)) {
+	register(sources, "source", name, build)
+}
+
+// RegisterSink makes a sink type available to pillows as `- NAME: {…}` in
+// `sinks`, like RegisterSource.
+func RegisterSink[C any](name string, build func(cfg *C, bc BuildContext) (Sink, error)) {
+	register(sinks, "sink", name, build)
+}
+
+func register[C, T any](reg map[string]plugin, kind, name string, build func(*C, BuildContext) (T, error)) {
+	if _, dup := reg[name]; dup {
+		panic("engine: " + kind + " " + name + " registered twice")
+	}
+	reg[name] = plugin{
+		newConfig: func() any { return new(C) },
+		build: func(cfg any, bc BuildContext) (any, error) {
+			return build(cfg.(*C), bc)
+		},
+	}
+}
+
+func names(reg map[string]plugin) string {
+	var ns []string
+	for n := range reg {
+		ns = append(ns, n)
+	}
+	sort.Strings(ns)
+	return strings.Join(ns, ", ")
+}
+
+// ErrStopped is returned by a pillow stopped before its source ended.
+var ErrStopped = errors.New("stopped")

@@ -1,0 +1,344 @@
+package engine
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is a pillow file as written.
+type Config struct {
+	Name        string      `yaml:"name" ptop:"required"`
+	Description string      `yaml:"description"`
+	Source      SourceBlock `yaml:"source" ptop:"required"`
+	// Filter is an expr-lang expression over the change (id, seq, rev,
+	// deleted, doc); changes for which it is false are dropped.
+	Filter string `yaml:"filter" ptop:"raw"`
+	// Transform is JavaScript defining function transform(doc, change).
+	Transform        string      `yaml:"transform" ptop:"raw"`
+	TransformFile    string      `yaml:"transform_file"`
+	TransformTimeout Duration    `yaml:"transform_timeout"`
+	Batch            Batch       `yaml:"batch"`
+	Sinks            []SinkBlock `yaml:"sinks" ptop:"required"`
+	// IncludeDesign passes design documents (_design/…) on; they are
+	// skipped by default.
+	IncludeDesign bool `yaml:"include_design"`
+	// SkipDeletes drops deletions instead of deleting the document's
+	// records in every sink.
+	SkipDeletes bool `yaml:"skip_deletes"`
+	// Workers is the number of goroutines running filter and transform;
+	// 0 means one per CPU.
+	Workers int `yaml:"workers"`
+}
+
+// Batch says when a batch is written: at Size changes or Wait after its
+// first change, whichever comes first.
+type Batch struct {
+	Size int      `yaml:"size"`
+	Wait Duration `yaml:"wait"`
+}
+
+// Validate implements Validator.
+func (b *Batch) Validate(ch *Check) {
+	if b.Size <= 0 && ch.Has("size") {
+		ch.Errorf("size", "batch size must be positive, got %d", b.Size)
+	}
+	if b.Wait <= 0 && ch.Has("wait") {
+		ch.Errorf("wait", "batch wait must be positive, got %s", b.Wait)
+	}
+}
+
+// SetDefaults implements Defaulter.
+func (c *Config) SetDefaults() {
+	c.TransformTimeout = Duration(time.Second)
+	c.Batch = Batch{Size: 500, Wait: Duration(time.Second)}
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+
+// Validate implements Validator.
+func (c *Config) Validate(ch *Check) {
+	if ch.Has("name") && !nameRE.MatchString(c.Name) {
+		ch.Errorf("name", "invalid pillow name %q: use letters, digits, '-', '_' and '.', starting with a letter or digit", c.Name)
+	}
+	if c.TransformTimeout <= 0 && ch.Has("transform_timeout") {
+		ch.Errorf("transform_timeout", "transform_timeout must be positive, got %s", c.TransformTimeout)
+	}
+	if c.Workers < 0 {
+		ch.Errorf("workers", "workers must be 0 (one per CPU) or more, got %d", c.Workers)
+	}
+	if ch.Has("transform") && ch.Has("transform_file") {
+		ch.Errorf("transform_file", "set either transform or transform_file, not both")
+	}
+	if ch.Has("sinks") && len(c.Sinks) == 0 && ch.Node("sinks").Kind == yaml.SequenceNode {
+		ch.Errorf("sinks", "a pillow needs at least one sink")
+	}
+}
+
+// SourceBlock is `source: {TYPE: {…}}`.
+type SourceBlock struct{ block }
+
+// SinkBlock is one item of `sinks: [{TYPE: {…}}]`.
+type SinkBlock struct{ block }
+
+type block struct {
+	Type   string
+	Config any // the registered type's *C
+	Pos    Pos // of the type key
+}
+
+func (b *SourceBlock) decodeNode(d *decoder, n *yaml.Node, expand bool) {
+	b.block.decodeNode(d, n, expand, "source", sources)
+}
+
+func (b *SinkBlock) decodeNode(d *decoder, n *yaml.Node, expand bool) {
+	b.block.decodeNode(d, n, expand, "sink", sinks)
+}
+
+func (b *block) decodeNode(d *decoder, n *yaml.Node, expand bool, kind string, reg map[string]plugin) {
+	if n.Kind != yaml.MappingNode || len(n.Content) != 2 {
+		got := describe(n)
+		if n.Kind == yaml.MappingNode {
+			got = fmt.Sprintf("%d keys", len(n.Content)/2)
+		}
+		d.errorf(n, "a %s is a mapping with exactly one key, its type (%s), got %s", kind, names(reg), got)
+		return
+	}
+	k, v := n.Content[0], n.Content[1]
+	p, ok := reg[k.Value]
+	if !ok {
+		d.errorf(k, "unknown %s type %q (known: %s)", kind, k.Value, names(reg))
+		return
+	}
+	b.Type, b.Pos = k.Value, NodePos(d.file, k)
+	cfg := p.newConfig()
+	d.decode(v, reflectValue(cfg), expand)
+	b.Config = cfg
+}
+
+// Spec is a loaded, compiled pillow: everything `ptop validate` checks,
+// ready to run.
+type Spec struct {
+	Config
+	File string
+	// Hash identifies the definition (the file and its transform file), so
+	// a reload can tell a changed pillow from an unchanged one.
+	Hash      string
+	source    Source
+	outputs   []NamedSink
+	filter    *filter
+	transform *Transform
+	namePos   Pos
+}
+
+// Src is the pillow's source.
+func (s *Spec) Src() Source { return s.source }
+
+// Outputs are the pillow's sinks, in the order written.
+func (s *Spec) Outputs() []NamedSink { return s.outputs }
+
+// NamedSink is a sink with the name it is logged and counted under.
+type NamedSink struct {
+	Name string // "TYPE" or "TYPE#N" when a pillow has several of a type
+	Sink Sink
+}
+
+// IsPillowFile reports whether a file name is a pillow file: YAML, but not a
+// test file (NAME.test.yaml) kept next to a pillow.
+func IsPillowFile(name string) bool {
+	ext := filepath.Ext(name)
+	if ext != ".yaml" && ext != ".yml" {
+		return false
+	}
+	return !strings.HasSuffix(strings.TrimSuffix(name, ext), ".test")
+}
+
+// Load reads and compiles pillow files. Each path is a file or a directory,
+// whose pillow files (*.yaml, *.yml, but not *.test.yaml) are loaded. It
+// touches no network. Every problem in every file is reported, as Errors.
+func Load(paths ...string) ([]*Spec, error) {
+	var errs Errors
+	var files []string
+	for _, p := range paths {
+		st, err := os.Stat(p)
+		if err != nil {
+			errs.Add(Pos{File: p}, "%v", unwrapPathErr(err))
+			continue
+		}
+		if !st.IsDir() {
+			files = append(files, p)
+			continue
+		}
+		ents, err := os.ReadDir(p)
+		if err != nil {
+			errs.Add(Pos{File: p}, "%v", unwrapPathErr(err))
+			continue
+		}
+		n := len(files)
+		for _, e := range ents {
+			if !e.IsDir() && IsPillowFile(e.Name()) {
+				files = append(files, filepath.Join(p, e.Name()))
+			}
+		}
+		if len(files) == n {
+			errs.Add(Pos{File: p}, "no pillow files (*.yaml) in directory")
+		}
+	}
+	var specs []*Spec
+	byName := map[string]*Spec{}
+	for _, f := range files {
+		s, err := LoadFile(f)
+		errs.Append(Pos{File: f}, err)
+		if s == nil {
+			continue
+		}
+		if prev, dup := byName[s.Name]; dup {
+			errs.Add(s.namePos, "pillow name %q is already used at %s", s.Name, prev.namePos)
+			errs.Add(prev.namePos, "pillow name %q is used again at %s", s.Name, s.namePos)
+			continue
+		}
+		byName[s.Name] = s
+		specs = append(specs, s)
+	}
+	if err := errs.Err(); err != nil {
+		return nil, err
+	}
+	sort.Slice(specs, func(i, j int) bool { return specs[i].Name < specs[j].Name })
+	return specs, nil
+}
+
+func unwrapPathErr(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
+
+// LoadFile reads and compiles one pillow file. On problems it returns them
+// all as Errors, with a nil Spec, unless only the cross-file name check
+// could still use it.
+func LoadFile(path string) (*Spec, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &Error{Pos: Pos{File: path}, Msg: unwrapPathErr(err).Error()}
+	}
+	return Parse(path, data)
+}
+
+// Parse compiles a pillow file's content; path names it in messages and
+// locates its transform_file. Environment variables come from the process.
+func Parse(path string, data []byte) (*Spec, error) {
+	return parse(path, data, os.LookupEnv)
+}
+
+var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+func parse(path string, data []byte, lookup func(string) (string, bool)) (*Spec, error) {
+	var errs Errors
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		msg := err.Error()
+		pos := Pos{File: path}
+		if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+			fmt.Sscan(m[1], &pos.Line)
+			pos.Col = 1
+			msg = m[2]
+		}
+		errs.Add(pos, "invalid YAML: %s", strings.TrimPrefix(msg, "yaml: "))
+		return nil, errs.Err()
+	}
+	if len(root.Content) == 0 {
+		errs.Add(Pos{File: path, Line: 1, Col: 1}, "empty pillow file")
+		return nil, errs.Err()
+	}
+	doc := root.Content[0]
+	if doc.Kind != yaml.MappingNode {
+		errs.Add(NodePos(path, doc), "a pillow file is a mapping (name, source, sinks, …), got %s", describe(doc))
+		return nil, errs.Err()
+	}
+	d := newDecoder(path, &errs)
+	d.lookup = lookup
+	s := &Spec{File: path}
+	d.decode(doc, reflectValue(&s.Config), true)
+	keys := map[string]*yaml.Node{}
+	for i := 0; i+1 < len(doc.Content); i += 2 {
+		keys[doc.Content[i].Value] = doc.Content[i+1]
+	}
+	s.namePos = NodePos(path, keys["name"])
+
+	h := sha256.New()
+	h.Write(data)
+	dir := filepath.Dir(path)
+	if s.Filter != "" {
+		f, err := compileFilter(s.Filter)
+		if err != nil {
+			errs.Append(NodePos(path, keys["filter"]), scriptError(path, locateScript(data, keys["filter"]), err, false))
+		}
+		s.filter = f
+	}
+	if n := keys["transform"]; n != nil && s.Transform != "" {
+		loc := locateScript(data, n)
+		t, err := compileTransform(path, loc, loc.pad(s.Transform), s.TransformTimeout.D())
+		if err != nil {
+			errs.Append(NodePos(path, n), scriptError(path, loc, err, true))
+		}
+		s.transform = t
+	} else if s.TransformFile != "" && n == nil {
+		file := s.TransformFile
+		if !filepath.IsAbs(file) {
+			file = filepath.Join(dir, file)
+		}
+		b, err := os.ReadFile(file)
+		if err != nil {
+			errs.Add(NodePos(path, keys["transform_file"]), "transform_file %q: %v", s.TransformFile, unwrapPathErr(err))
+		} else {
+			h.Write(b)
+			t, err := compileTransform(file, scriptLoc{}, string(b), s.TransformTimeout.D())
+			if err != nil {
+				errs.Append(Pos{File: file}, scriptError(file, scriptLoc{}, err, false))
+			}
+			s.transform = t
+		}
+	}
+	s.Hash = hex.EncodeToString(h.Sum(nil))
+	if len(errs) > 0 {
+		return s, errs.Err()
+	}
+	bc := BuildContext{Pillow: s.Name, File: path, Dir: dir}
+	src2, err := sources[s.Source.Type].build(s.Source.Config, bc)
+	if err != nil {
+		errs.Append(s.Source.Pos, err)
+	} else {
+		s.source = src2.(Source)
+	}
+	count := map[string]int{}
+	for _, b := range s.Sinks {
+		count[b.Type]++
+	}
+	seen := map[string]int{}
+	for _, b := range s.Sinks {
+		sk, err := sinks[b.Type].build(b.Config, bc)
+		if err != nil {
+			errs.Append(b.Pos, err)
+			continue
+		}
+		name := b.Type
+		if count[b.Type] > 1 {
+			seen[b.Type]++
+			name = fmt.Sprintf("%s#%d", b.Type, seen[b.Type])
+		}
+		s.outputs = append(s.outputs, NamedSink{Name: name, Sink: sk.(Sink)})
+	}
+	if len(errs) > 0 {
+		return s, errs.Err()
+	}
+	return s, nil
+}

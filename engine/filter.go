@@ -1,0 +1,120 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/expr-lang/expr"
+	"github.com/expr-lang/expr/file"
+	"github.com/expr-lang/expr/vm"
+	"gopkg.in/yaml.v3"
+)
+
+// FilterEnv is what a filter expression sees: the change.
+type FilterEnv struct {
+	ID      string         `expr:"id"`
+	Seq     string         `expr:"seq"`
+	Rev     string         `expr:"rev"`
+	Deleted bool           `expr:"deleted"`
+	Doc     map[string]any `expr:"doc"`
+}
+
+type filter struct {
+	prog *vm.Program
+}
+
+// scriptErr is an error at a position inside a filter or transform
+// (1-based line and column of the script's own text).
+type scriptErr struct {
+	Line, Col int
+	Msg       string
+}
+
+func (e *scriptErr) Error() string { return fmt.Sprintf("%d:%d: %s", e.Line, e.Col, e.Msg) }
+
+func compileFilter(src string) (*filter, error) {
+	prog, err := expr.Compile(src, expr.Env(FilterEnv{}), expr.AsBool())
+	if err != nil {
+		var fe *file.Error
+		if errors.As(err, &fe) {
+			return nil, &scriptErr{Line: max(fe.Line, 1), Col: fe.Column + 1, Msg: "filter: " + fe.Message}
+		}
+		return nil, &scriptErr{Line: 1, Col: 1, Msg: "filter: " + err.Error()}
+	}
+	return &filter{prog: prog}, nil
+}
+
+// filterRunner evaluates a filter; one per worker (it reuses its VM).
+type filterRunner struct {
+	f   *filter
+	vm  vm.VM
+	env FilterEnv
+}
+
+func (r *filterRunner) match(c *Change) (bool, error) {
+	r.env = FilterEnv{ID: c.ID, Seq: c.Seq, Rev: c.Rev, Deleted: c.Deleted, Doc: c.Doc}
+	out, err := r.vm.Run(r.f.prog, &r.env)
+	r.env.Doc = nil
+	if err != nil {
+		return false, fmt.Errorf("filter: %w", err)
+	}
+	b, _ := out.(bool)
+	return b, nil
+}
+
+// scriptLoc places a script written in a pillow file: its line n is the
+// file's line lines+n, and its columns are shifted by col (on the first line
+// only, for a scalar written on the key's line).
+type scriptLoc struct {
+	lines, col int
+	firstOnly  bool
+}
+
+func locateScript(data []byte, n *yaml.Node) scriptLoc {
+	switch n.Style {
+	case yaml.LiteralStyle, yaml.FoldedStyle:
+		// The text starts on the line after the indicator, indented.
+		lines := strings.Split(string(data), "\n")
+		indent := 0
+		for i := n.Line; i < len(lines); i++ {
+			if t := strings.TrimLeft(lines[i], " "); t != "" {
+				indent = len(lines[i]) - len(t)
+				break
+			}
+		}
+		return scriptLoc{lines: n.Line, col: indent}
+	case yaml.DoubleQuotedStyle, yaml.SingleQuotedStyle:
+		return scriptLoc{lines: n.Line - 1, col: n.Column, firstOnly: true}
+	}
+	return scriptLoc{lines: n.Line - 1, col: n.Column - 1, firstOnly: true}
+}
+
+// pos maps a script position to the file. A script compiled with its
+// lines padded (see pad) already counts the file's lines.
+func (l scriptLoc) pos(file string, line, col int, padded bool) Pos {
+	scriptLine := line
+	if padded {
+		scriptLine = line - l.lines
+	} else {
+		line += l.lines
+	}
+	if !l.firstOnly || scriptLine == 1 {
+		col += l.col
+	}
+	return Pos{File: file, Line: line, Col: col}
+}
+
+// pad prefixes src with newlines so that its line numbers, in compile
+// errors and in stack traces alike, are the file's.
+func (l scriptLoc) pad(src string) string { return strings.Repeat("\n", l.lines) + src }
+
+// scriptError maps an error inside a script to the file's line and column.
+// Other errors pass through.
+func scriptError(file string, loc scriptLoc, err error, padded bool) error {
+	var se *scriptErr
+	if !errors.As(err, &se) {
+		return err
+	}
+	return &Error{Pos: loc.pos(file, se.Line, se.Col, padded), Msg: se.Msg}
+}

@@ -1,0 +1,405 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// RunOptions are the process-wide settings of a running pillow.
+type RunOptions struct {
+	Log    *slog.Logger
+	Errors ErrorStore // where failed changes go; default LogErrorStore
+	// Checkpoints overrides where the position is kept; by default the
+	// source keeps it when it implements CheckpointStore, else nowhere.
+	Checkpoints CheckpointStore
+	// DrainTimeout bounds the flush after ctx is cancelled: what is not
+	// written by then is not checkpointed either, and is read again on the
+	// next start. Default 10s.
+	DrainTimeout time.Duration
+}
+
+// Stats are a running pillow's counters.
+type Stats struct {
+	Seen, Filtered, Written, Failed, Batches atomic.Int64
+	Checkpoint                               atomic.Value // string
+}
+
+// Pillow is a pillow being run.
+type Pillow struct {
+	Spec  *Spec
+	Stats Stats
+	opts  RunOptions
+	log   *slog.Logger
+	cps   CheckpointStore
+}
+
+// NewPillow prepares spec to run.
+func NewPillow(spec *Spec, opts RunOptions) *Pillow {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.DrainTimeout == 0 {
+		opts.DrainTimeout = 10 * time.Second
+	}
+	log := opts.Log.With("pillow", spec.Name)
+	if opts.Errors == nil {
+		opts.Errors = LogErrorStore{Log: log}
+	}
+	p := &Pillow{Spec: spec, opts: opts, log: log, cps: opts.Checkpoints}
+	if p.cps == nil {
+		p.cps, _ = spec.source.(CheckpointStore)
+	}
+	return p
+}
+
+// batch is a run of consecutive changes on its way through the pillow.
+type batch struct {
+	changes  []Change
+	records  []Record
+	failures []Failure
+	lastSeq  string
+	filtered int
+}
+
+// Run reads the pillow's feed from its checkpoint and writes what it makes
+// into its sinks until ctx is cancelled or the feed ends. After ctx is
+// cancelled it stops reading, flushes what it has read, checkpoints and
+// returns nil. A batch is checkpointed only once every sink has
+// acknowledged it and its failures are recorded.
+func (p *Pillow) Run(ctx context.Context) error {
+	s := p.Spec
+	// work outlives ctx by the drain timeout, so that a stop can flush.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stopDrain := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(p.opts.DrainTimeout, cancelWork)
+		context.AfterFunc(work, func() { t.Stop() })
+	})
+	defer stopDrain()
+
+	since := ""
+	if p.cps != nil {
+		var err error
+		err = retry(ctx, p.log, "load checkpoint", func() error {
+			since, err = p.cps.LoadCheckpoint(ctx, s.Name)
+			return err
+		})
+		if err != nil {
+			return nil // stopped before it could start
+		}
+	}
+	for _, o := range s.outputs {
+		o := o
+		if err := retry(ctx, p.log.With("sink", o.Name), "open sink", func() error { return o.Sink.Open(ctx) }); err != nil {
+			p.closeSinks()
+			return nil
+		}
+	}
+	defer p.closeSinks()
+	p.log.Info("pillow started", "since", since, "sinks", len(s.outputs))
+
+	workers, err := p.newWorkers()
+	if err != nil {
+		return err
+	}
+	changes := make(chan Change, 2*s.Batch.Size)
+	var srcErr error
+	go func() {
+		defer close(changes)
+		srcErr = s.source.Run(ctx, since, changes)
+	}()
+	batches := make(chan *batch, 1)
+	go p.batcher(changes, batches)
+	processed := make(chan *batch, 1)
+	go func() {
+		defer close(processed)
+		for b := range batches {
+			p.process(workers, b)
+			processed <- b
+		}
+	}()
+	var writeErr error
+	for b := range processed {
+		if writeErr != nil {
+			continue // drain the pipeline; nothing more is checkpointed
+		}
+		if writeErr = p.write(work, b); writeErr != nil {
+			continue
+		}
+		if b.lastSeq != "" && p.cps != nil {
+			if err := p.cps.SaveCheckpoint(work, s.Name, b.lastSeq); err != nil {
+				p.log.Warn("checkpoint not saved; the next one will cover it", "seq", b.lastSeq, "error", err)
+			}
+		}
+		p.Stats.Checkpoint.Store(b.lastSeq)
+	}
+	if writeErr != nil {
+		p.log.Warn("stopped before everything read was written; it is read again on the next start", "error", writeErr)
+		return nil
+	}
+	if srcErr != nil && !errors.Is(srcErr, context.Canceled) {
+		return fmt.Errorf("pillow %s: source: %w", s.Name, srcErr)
+	}
+	p.log.Info("pillow stopped", "checkpoint", p.Stats.Checkpoint.Load())
+	return nil
+}
+
+func (p *Pillow) closeSinks() {
+	for _, o := range p.Spec.outputs {
+		if err := o.Sink.Close(); err != nil {
+			p.log.Warn("closing sink", "sink", o.Name, "error", err)
+		}
+	}
+}
+
+// batcher groups changes into batches of Batch.Size, sending a smaller one
+// when Batch.Wait has passed since its first change.
+func (p *Pillow) batcher(in <-chan Change, out chan<- *batch) {
+	defer close(out)
+	size, wait := p.Spec.Batch.Size, p.Spec.Batch.Wait.D()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var cur *batch
+	flush := func() {
+		if cur != nil {
+			out <- cur
+			cur = nil
+		}
+		timer.Stop()
+	}
+	for {
+		select {
+		case c, ok := <-in:
+			if !ok {
+				flush()
+				return
+			}
+			if cur == nil {
+				cur = &batch{changes: make([]Change, 0, size)}
+				timer.Reset(wait)
+			}
+			cur.changes = append(cur.changes, c)
+			if c.Seq != "" {
+				cur.lastSeq = c.Seq
+			}
+			if len(cur.changes) >= size {
+				flush()
+			}
+		case <-timer.C:
+			flush()
+		}
+	}
+}
+
+// worker holds what one goroutine needs to run filter and transform.
+type worker struct {
+	filter    *filterRunner
+	transform *jsRunner
+}
+
+func (p *Pillow) newWorkers() ([]*worker, error) {
+	n := p.Spec.Workers
+	if n == 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	ws := make([]*worker, n)
+	for i := range ws {
+		w := &worker{}
+		if p.Spec.filter != nil {
+			w.filter = &filterRunner{f: p.Spec.filter}
+		}
+		if p.Spec.transform != nil {
+			r, err := p.Spec.transform.newRunner()
+			if err != nil {
+				return nil, err
+			}
+			w.transform = r
+		}
+		ws[i] = w
+	}
+	return ws, nil
+}
+
+// minChunk is the smallest share of a batch worth handing to another
+// goroutine.
+const minChunk = 64
+
+// process runs filter and transform over a batch, split in order across
+// the workers.
+func (p *Pillow) process(ws []*worker, b *batch) {
+	n := min(len(ws), (len(b.changes)+minChunk-1)/minChunk)
+	if n <= 1 {
+		b.records, b.failures, b.filtered = p.processChunk(ws[0], b.changes)
+	} else {
+		type part struct {
+			records  []Record
+			failures []Failure
+			filtered int
+		}
+		parts := make([]part, n)
+		var wg sync.WaitGroup
+		per := (len(b.changes) + n - 1) / n
+		for i := 0; i < n; i++ {
+			lo, hi := i*per, min((i+1)*per, len(b.changes))
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				pt := &parts[i]
+				pt.records, pt.failures, pt.filtered = p.processChunk(ws[i], b.changes[lo:hi])
+			}()
+		}
+		wg.Wait()
+		total := 0
+		for _, pt := range parts {
+			total += len(pt.records)
+		}
+		b.records = make([]Record, 0, total)
+		for _, pt := range parts {
+			b.records = append(b.records, pt.records...)
+			b.failures = append(b.failures, pt.failures...)
+			b.filtered += pt.filtered
+		}
+	}
+	p.Stats.Seen.Add(int64(len(b.changes)))
+	p.Stats.Filtered.Add(int64(b.filtered))
+}
+
+func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Failure, filtered int) {
+	s := p.Spec
+	recs = make([]Record, 0, len(cs))
+	fail := func(c *Change, stage string, err error) {
+		fails = append(fails, Failure{Pillow: s.Name, Change: *c, Stage: stage, Err: err, Time: time.Now()})
+	}
+	for i := range cs {
+		c := &cs[i]
+		switch {
+		case c.Err != nil:
+			fail(c, "source", c.Err)
+			continue
+		case !s.IncludeDesign && strings.HasPrefix(c.ID, "_design/"):
+			filtered++
+			continue
+		case c.Deleted:
+			if s.SkipDeletes {
+				filtered++
+			} else {
+				recs = append(recs, Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Delete: true})
+			}
+			continue
+		}
+		if c.Doc == nil && c.RawDoc != nil {
+			if err := json.Unmarshal(c.RawDoc, &c.Doc); err != nil {
+				fail(c, "decode", fmt.Errorf("decoding the document: %w", err))
+				continue
+			}
+			c.RawDoc = nil
+		}
+		if w.filter != nil {
+			ok, err := w.filter.match(c)
+			if err != nil {
+				fail(c, "filter", err)
+				continue
+			}
+			if !ok {
+				filtered++
+				continue
+			}
+		}
+		if w.transform == nil {
+			recs = append(recs, Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Doc: c.Doc})
+			continue
+		}
+		n := len(recs)
+		var err error
+		if recs, err = w.transform.run(c, recs); err != nil {
+			recs = recs[:n]
+			fail(c, "transform", err)
+		}
+	}
+	return recs, fails, filtered
+}
+
+// write hands a batch to every sink, retrying each until it acknowledges,
+// and records the batch's failures. It fails only when ctx ends first.
+func (p *Pillow) write(ctx context.Context, b *batch) error {
+	outs := p.Spec.outputs
+	var mu sync.Mutex
+	errs := make([]error, len(outs))
+	var wg sync.WaitGroup
+	for i, o := range outs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			log := p.log.With("sink", o.Name)
+			errs[i] = retry(ctx, log, "write", func() error {
+				if len(b.records) == 0 {
+					return nil
+				}
+				err := o.Sink.Write(ctx, b.records)
+				var re RecordErrors
+				if errors.As(err, &re) {
+					mu.Lock()
+					for _, e := range re {
+						r := b.records[e.Index]
+						b.failures = append(b.failures, Failure{
+							Pillow: p.Spec.Name, Stage: "sink:" + o.Name, Err: e.Err, Time: time.Now(),
+							Change: Change{ID: r.DocID, Rev: r.Rev, Seq: r.Seq, Deleted: r.Delete},
+						})
+					}
+					mu.Unlock()
+					return nil
+				}
+				return err
+			})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	for _, f := range b.failures {
+		err := retry(ctx, p.log, "record failure", func() error { return p.opts.Errors.Record(ctx, f) })
+		if err != nil {
+			return err
+		}
+	}
+	p.Stats.Written.Add(int64(len(b.records)))
+	p.Stats.Failed.Add(int64(len(b.failures)))
+	p.Stats.Batches.Add(1)
+	return nil
+}
+
+// retry calls f until it succeeds or ctx ends, backing off exponentially
+// from 100ms to 30s with jitter, and logs each failure.
+func retry(ctx context.Context, log *slog.Logger, what string, f func() error) error {
+	delay := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := f()
+		if err == nil {
+			if attempt > 1 {
+				log.Info(what+" succeeded after retries", "attempts", attempt)
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		wait := delay/2 + rand.N(delay/2+1)
+		log.Warn(what+" failed; retrying", "attempt", attempt, "in", wait.Round(time.Millisecond), "error", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		delay = min(delay*2, 30*time.Second)
+	}
+}

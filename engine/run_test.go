@@ -1,0 +1,451 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+)
+
+// chanSource sends the changes it is given, then waits (or ends when
+// closeAfter is set).
+type chanSource struct {
+	in       chan Change
+	ended    bool
+	gotSince chan string
+}
+
+func (s *chanSource) Run(ctx context.Context, since string, out chan<- Change) error {
+	if s.gotSince != nil {
+		s.gotSince <- since
+	}
+	for {
+		select {
+		case c, ok := <-s.in:
+			if !ok {
+				return nil
+			}
+			select {
+			case out <- c:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// memSink keeps what it is given; fail makes its next writes fail.
+type memSink struct {
+	mu      sync.Mutex
+	batches [][]Record
+	fail    int
+	reject  func(Record) error
+	written chan int
+}
+
+func (s *memSink) Open(context.Context) error { return nil }
+func (s *memSink) Close() error               { return nil }
+func (s *memSink) Write(_ context.Context, rs []Record) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail > 0 {
+		s.fail--
+		return errors.New("sink down")
+	}
+	var errs RecordErrors
+	var kept []Record
+	for i, r := range rs {
+		if s.reject != nil {
+			if err := s.reject(r); err != nil {
+				errs = append(errs, RecordError{Index: i, Err: err})
+				continue
+			}
+		}
+		kept = append(kept, r)
+	}
+	s.batches = append(s.batches, kept)
+	if s.written != nil {
+		s.written <- len(rs)
+	}
+	if errs != nil {
+		return errs
+	}
+	return nil
+}
+
+func (s *memSink) records() []Record {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var all []Record
+	for _, b := range s.batches {
+		all = append(all, b...)
+	}
+	return all
+}
+
+type memCheckpoints struct {
+	mu    sync.Mutex
+	seq   string
+	saves []string
+}
+
+func (m *memCheckpoints) LoadCheckpoint(context.Context, string) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.seq, nil
+}
+
+func (m *memCheckpoints) SaveCheckpoint(_ context.Context, _ string, seq string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.seq = seq
+	m.saves = append(m.saves, seq)
+	return nil
+}
+
+func (m *memCheckpoints) get() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.seq
+}
+
+type memErrors struct {
+	mu sync.Mutex
+	fs []Failure
+}
+
+func (m *memErrors) Record(_ context.Context, f Failure) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.fs = append(m.fs, f)
+	return nil
+}
+
+func (m *memErrors) ids() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var ids []string
+	for _, f := range m.fs {
+		ids = append(ids, f.Change.ID+":"+f.Stage)
+	}
+	return ids
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func testSpec(t *testing.T, filterSrc, transformSrc string, src Source, sinks ...Sink) *Spec {
+	t.Helper()
+	s := &Spec{File: "test.yaml", source: src}
+	s.SetDefaults()
+	s.Name = "test"
+	s.Batch = Batch{Size: 3, Wait: Duration(20 * time.Millisecond)}
+	s.TransformTimeout = Duration(200 * time.Millisecond)
+	if filterSrc != "" {
+		f, err := compileFilter(filterSrc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.filter = f
+	}
+	if transformSrc != "" {
+		tr, err := compileTransform("test.js", scriptLoc{}, transformSrc, s.TransformTimeout.D())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.transform = tr
+	}
+	for i, k := range sinks {
+		s.outputs = append(s.outputs, NamedSink{Name: fmt.Sprintf("mem#%d", i), Sink: k})
+	}
+	return s
+}
+
+func doc(id string, kv ...any) Change {
+	d := map[string]any{"_id": id}
+	for i := 0; i+1 < len(kv); i += 2 {
+		d[kv[i].(string)] = kv[i+1]
+	}
+	return Change{ID: id, Rev: "1-a", Doc: d}
+}
+
+func feed(cs ...Change) *chanSource {
+	s := &chanSource{in: make(chan Change, len(cs))}
+	for i, c := range cs {
+		if c.Seq == "" && c.Err == nil {
+			c.Seq = fmt.Sprint(i + 1)
+		}
+		s.in <- c
+	}
+	close(s.in)
+	return s
+}
+
+func runToEnd(t *testing.T, s *Spec, opts RunOptions) {
+	t.Helper()
+	if opts.Log == nil {
+		opts.Log = quietLog()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := NewPillow(s, opts).Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRunFilterTransformDeletes(t *testing.T) {
+	src := feed(
+		doc("a", "type", "case", "name", "alice"),
+		doc("b", "type", "user", "name", "bob"),
+		Change{ID: "c", Rev: "2-x", Deleted: true, Doc: map[string]any{"_id": "c", "_deleted": true}},
+		doc("_design/app", "type", "case"),
+		Change{ID: "d", Rev: "1-d", RawDoc: []byte(`{"_id":"d","type":"case","name":"dora","kids":["x","y"]}`)},
+		doc("e", "type", "case", "name", "eve", "drop", true),
+		Change{ID: "f", Rev: "1-f", RawDoc: []byte(`{not json`)},
+	)
+	sink := &memSink{}
+	errs := &memErrors{}
+	cps := &memCheckpoints{}
+	s := testSpec(t, `doc.type == "case"`, `
+		function transform(doc, change) {
+			if (doc.drop) return null;
+			const out = [{ _id: doc._id, name: doc.name.toUpperCase(), rev: change.rev }];
+			for (const k of doc.kids || []) out.push({ _id: doc._id + "/" + k, parent: doc._id });
+			return out;
+		}`, src, sink)
+	runToEnd(t, s, RunOptions{Errors: errs, Checkpoints: cps})
+
+	got := sink.records()
+	want := []Record{
+		{ID: "a", DocID: "a", Rev: "1-a", Seq: "1", Doc: map[string]any{"_id": "a", "name": "ALICE", "rev": "1-a"}},
+		{ID: "c", DocID: "c", Rev: "2-x", Seq: "3", Delete: true},
+		{ID: "d", DocID: "d", Rev: "1-d", Seq: "5", Doc: map[string]any{"_id": "d", "name": "DORA", "rev": "1-d"}},
+		{ID: "d/x", DocID: "d", Rev: "1-d", Seq: "5", Doc: map[string]any{"_id": "d/x", "parent": "d"}},
+		{ID: "d/y", DocID: "d", Rev: "1-d", Seq: "5", Doc: map[string]any{"_id": "d/y", "parent": "d"}},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("records:\n got %+v\nwant %+v", got, want)
+	}
+	if ids := errs.ids(); !reflect.DeepEqual(ids, []string{"f:decode"}) {
+		t.Errorf("failures = %v", ids)
+	}
+	if cps.get() != "7" {
+		t.Errorf("checkpoint = %q, want 7", cps.get())
+	}
+}
+
+func TestRunWithoutTransformPassesDocuments(t *testing.T) {
+	sink := &memSink{}
+	s := testSpec(t, "", "", feed(doc("a", "x", 1.0)), sink)
+	s.SkipDeletes = true
+	runToEnd(t, s, RunOptions{})
+	got := sink.records()
+	if len(got) != 1 || !reflect.DeepEqual(got[0].Doc, map[string]any{"_id": "a", "x": 1.0}) {
+		t.Fatalf("records = %+v", got)
+	}
+}
+
+func TestRunSkipDeletesAndIncludeDesign(t *testing.T) {
+	sink := &memSink{}
+	s := testSpec(t, "", "", feed(
+		Change{ID: "a", Deleted: true},
+		doc("_design/x"),
+	), sink)
+	s.SkipDeletes, s.IncludeDesign = true, true
+	runToEnd(t, s, RunOptions{})
+	got := sink.records()
+	if len(got) != 1 || got[0].ID != "_design/x" {
+		t.Fatalf("records = %+v", got)
+	}
+}
+
+func TestTransformGlobalsDoNotLeak(t *testing.T) {
+	var cs []Change
+	for i := 0; i < 10; i++ {
+		cs = append(cs, doc(fmt.Sprint(i)))
+	}
+	sink := &memSink{}
+	errs := &memErrors{}
+	s := testSpec(t, "", `
+		var counter = 0;
+		const seen = {};
+		function transform(doc) {
+			const before = Object.keys(seen).length;
+			try { seen[doc._id] = true; } catch (e) {}
+			try { counter++; } catch (e) {}
+			try { Object.prototype.polluted = 1; } catch (e) {}
+			return { n: counter, seen: before, polluted: ({}).polluted === 1 };
+		}`, feed(cs...), sink)
+	runToEnd(t, s, RunOptions{Errors: errs})
+	got := sink.records()
+	if len(got) != 10 {
+		t.Fatalf("got %d records, failures %v", len(got), errs.ids())
+	}
+	for _, r := range got {
+		d := r.Doc.(map[string]any)
+		if d["n"] != int64(0) || d["seen"] != int64(0) || d["polluted"] != false {
+			t.Fatalf("state leaked between documents: %v", d)
+		}
+	}
+}
+
+func TestTransformTimeoutAndErrors(t *testing.T) {
+	sink := &memSink{}
+	errs := &memErrors{}
+	s := testSpec(t, "", `
+		function transform(doc) {
+			if (doc.loop) { for (;;) {} }
+			if (doc.throw) throw new Error("bad doc " + doc._id);
+			if (doc.num) return 42;
+			return { ok: true };
+		}`, feed(doc("a"), doc("loop", "loop", true), doc("b"), doc("throw", "throw", true), doc("num", "num", true), doc("c")), sink)
+	s.Workers = 1
+	runToEnd(t, s, RunOptions{Errors: errs})
+	var ids []string
+	for _, r := range sink.records() {
+		ids = append(ids, r.ID)
+	}
+	if !reflect.DeepEqual(ids, []string{"a", "b", "c"}) {
+		t.Errorf("written %v", ids)
+	}
+	errs.mu.Lock()
+	defer errs.mu.Unlock()
+	if len(errs.fs) != 3 {
+		t.Fatalf("failures: %v", errs.fs)
+	}
+	for i, want := range []string{
+		"transform: timed out after 200ms",
+		"transform: Error: bad doc throw (at test.js:4:25)",
+		"transform: returned a number; return an object, an array of objects, or null",
+	} {
+		if got := errs.fs[i].Err.Error(); got != want {
+			t.Errorf("failure %d: %q, want %q", i, got, want)
+		}
+	}
+}
+
+func TestBatchFlushesOnWait(t *testing.T) {
+	src := &chanSource{in: make(chan Change)}
+	sink := &memSink{written: make(chan int, 10)}
+	cps := &memCheckpoints{}
+	s := testSpec(t, "", "", src, sink)
+	s.Batch = Batch{Size: 1000, Wait: Duration(50 * time.Millisecond)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- NewPillow(s, RunOptions{Log: quietLog(), Checkpoints: cps}).Run(ctx) }()
+	c := doc("a")
+	c.Seq = "17"
+	src.in <- c
+	select {
+	case n := <-sink.written:
+		if n != 1 {
+			t.Fatalf("batch of %d", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a lone change was not written: the batch did not flush on wait")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for cps.get() != "17" && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if cps.get() != "17" {
+		t.Fatalf("checkpoint = %q, want 17", cps.get())
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCheckpointWaitsForSink(t *testing.T) {
+	sink := &memSink{fail: 2}
+	cps := &memCheckpoints{}
+	s := testSpec(t, "", "", feed(doc("a"), doc("b")), sink)
+	runToEnd(t, s, RunOptions{Checkpoints: cps})
+	if len(sink.records()) != 2 {
+		t.Fatalf("records = %v", sink.records())
+	}
+	if !reflect.DeepEqual(cps.saves, []string{"2"}) {
+		t.Fatalf("checkpoints saved: %v", cps.saves)
+	}
+}
+
+func TestSinkRejectsOneRecord(t *testing.T) {
+	sink := &memSink{reject: func(r Record) error {
+		if r.ID == "b" {
+			return errors.New("mapping error")
+		}
+		return nil
+	}}
+	errs := &memErrors{}
+	s := testSpec(t, "", "", feed(doc("a"), doc("b"), doc("c")), sink)
+	runToEnd(t, s, RunOptions{Errors: errs})
+	if ids := errs.ids(); !reflect.DeepEqual(ids, []string{"b:sink:mem#0"}) {
+		t.Fatalf("failures = %v", ids)
+	}
+	if len(sink.records()) != 2 {
+		t.Fatalf("records = %v", sink.records())
+	}
+}
+
+func TestStopFlushesAndCheckpoints(t *testing.T) {
+	src := &chanSource{in: make(chan Change, 10), gotSince: make(chan string, 1)}
+	sink := &memSink{}
+	cps := &memCheckpoints{seq: "5"}
+	s := testSpec(t, "", "", src, sink)
+	s.Batch = Batch{Size: 1000, Wait: Duration(time.Hour)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- NewPillow(s, RunOptions{Log: quietLog(), Checkpoints: cps}).Run(ctx) }()
+	if since := <-src.gotSince; since != "5" {
+		t.Fatalf("source started from %q, want the checkpoint 5", since)
+	}
+	for i := 6; i <= 8; i++ {
+		c := doc(fmt.Sprint(i))
+		c.Seq = fmt.Sprint(i)
+		src.in <- c
+	}
+	for len(src.in) > 0 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	if len(sink.records()) != 3 || cps.get() != "8" {
+		t.Fatalf("after stop: %d records, checkpoint %q", len(sink.records()), cps.get())
+	}
+}
+
+func TestOrderKeptAcrossWorkers(t *testing.T) {
+	var cs []Change
+	for i := 0; i < 2000; i++ {
+		cs = append(cs, doc(fmt.Sprintf("%05d", i)))
+	}
+	sink := &memSink{}
+	s := testSpec(t, "", `function transform(doc) { return { i: doc._id }; }`, feed(cs...), sink)
+	s.Batch.Size = 500
+	s.Workers = 4
+	runToEnd(t, s, RunOptions{})
+	got := sink.records()
+	if len(got) != 2000 {
+		t.Fatalf("%d records", len(got))
+	}
+	for i, r := range got {
+		if r.ID != fmt.Sprintf("%05d", i) {
+			t.Fatalf("record %d is %s: order lost", i, r.ID)
+		}
+	}
+}
