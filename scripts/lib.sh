@@ -1,0 +1,76 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/*.sh. Source it (it does not change shell options):
+#
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#
+# All messages go to stderr; stdout is left to the caller.
+
+PTOP_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PTOP_CACHE=$PTOP_ROOT/.cache
+
+# tools/pouchdb holds the pinned pouchdb-server (package.json + package-lock.json).
+# internal/testenv (Go) uses the same paths, stamp and lock file: keep them in sync.
+POUCHDB_DIR=$PTOP_ROOT/tools/pouchdb
+# PTOP_POUCHDB_BIN overrides the server binary (then nothing is installed).
+if [[ ${PTOP_POUCHDB_BIN:-} == */* && ${PTOP_POUCHDB_BIN} != /* ]]; then
+	PTOP_POUCHDB_BIN=$PWD/$PTOP_POUCHDB_BIN # the server runs in a scratch dir
+fi
+# shellcheck disable=SC2034 # used by the scripts that source this file
+POUCHDB_BIN=${PTOP_POUCHDB_BIN:-$POUCHDB_DIR/node_modules/.bin/pouchdb-server}
+# sha256 of the package-lock.json that node_modules was installed from.
+POUCHDB_STAMP=$POUCHDB_DIR/node_modules/.ptop-lock-sha256
+# flock(2)ed while npm ci runs, so parallel scripts and test binaries wait for each other.
+POUCHDB_NPM_LOCK=$PTOP_CACHE/pouchdb-npm.lock
+
+log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# pouchdb_deps_fresh: true if node_modules was installed from the current lock file.
+pouchdb_deps_fresh() {
+	[[ -x $POUCHDB_DIR/node_modules/.bin/pouchdb-server && -f $POUCHDB_STAMP ]] || return 1
+	[[ $(<"$POUCHDB_STAMP") == "$(sha256_of "$POUCHDB_DIR/package-lock.json")" ]]
+}
+
+# ensure_pouchdb_deps: npm ci in tools/pouchdb if node_modules is missing or stale.
+# Install scripts are not run: leveldown loads the prebuilt binary shipped in its
+# tarball, and sqlite3 (optional, unused) would try to download or compile one.
+ensure_pouchdb_deps() {
+	if [[ -n ${PTOP_POUCHDB_BIN:-} ]]; then
+		[[ -x $PTOP_POUCHDB_BIN ]] || die "PTOP_POUCHDB_BIN=$PTOP_POUCHDB_BIN is not executable"
+		return 0
+	fi
+	pouchdb_deps_fresh && return 0
+	command -v node >/dev/null || die "node not found in PATH (needed for pouchdb-server)"
+	command -v npm >/dev/null || die "npm not found in PATH (needed to install pouchdb-server)"
+	mkdir -p "$PTOP_CACHE"
+	(
+		if command -v flock >/dev/null; then flock 9 || exit 1; fi
+		pouchdb_deps_fresh && exit 0 # someone else installed it while we waited
+		log "installing tools/pouchdb dependencies (npm ci, about a minute)"
+		cd "$POUCHDB_DIR" || exit 1
+		start=$SECONDS
+		npm ci --ignore-scripts --no-audit --no-fund --prefer-offline >&2 || exit 1
+		sha256_of package-lock.json >"$POUCHDB_STAMP" || exit 1
+		log "npm ci done in $((SECONDS - start)) s"
+	) 9>"$POUCHDB_NPM_LOCK" || die "npm ci in tools/pouchdb failed"
+}
+
+# free_port: print a free TCP port on 127.0.0.1.
+free_port() {
+	if command -v python3 >/dev/null; then
+		python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+	else
+		node -e 'const s=require("net").createServer(); s.listen(0,"127.0.0.1",()=>{console.log(s.address().port); s.close()})'
+	fi
+}
+
+# http_ok URL: true if GET URL answers 2xx within 2 s.
+http_ok() {
+	if command -v curl >/dev/null; then
+		curl -fsS -o /dev/null --max-time 2 "$1" 2>/dev/null
+	else
+		node -e 'fetch(process.argv[1], {signal: AbortSignal.timeout(2000)}).then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))' "$1"
+	fi
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The project's one test command (CI runs it through .ci/run):
+#
+#   1. npm ci in tools/pouchdb if node_modules is missing or stale
+#   2. go vet ./...
+#   3. go test -count=1 ./...   (integration tests start their own servers
+#                                through internal/testenv)
+#   4. a short fuzz run of each target in scripts/fuzz-targets.txt
+#
+# Needs Go, Node.js and npm. Exits non-zero on the first failure.
+#
+# Environment:
+#   FUZZTIME     fuzz time per target (default 15s)
+#   GOTESTFLAGS  extra flags for step 3, e.g. "-race" or "-run TestX"
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$PTOP_ROOT"
+
+FUZZTIME=${FUZZTIME:-15s}
+FUZZ_TARGETS=scripts/fuzz-targets.txt
+step="setup"
+started=$SECONDS
+
+finish() {
+	local rc=$?
+	if ((rc == 0)); then
+		printf 'test.sh: PASS (%d s)\n' "$((SECONDS - started))"
+	else
+		printf 'test.sh: FAIL in step "%s" (exit %d, %d s)\n' "$step" "$rc" "$((SECONDS - started))"
+	fi
+}
+trap finish EXIT
+
+section() {
+	step=$1
+	printf '\n=== %s\n' "$1"
+}
+
+command -v go >/dev/null || die "go not found in PATH"
+section "tools: go $(go env GOVERSION), node $(node --version 2>/dev/null || echo missing), npm $(npm --version 2>/dev/null || echo missing)"
+ensure_pouchdb_deps
+
+section "go vet ./..."
+go vet ./...
+
+section "go test -count=1 ./..."
+# shellcheck disable=SC2086 # GOTESTFLAGS is a list of flags
+go test -count=1 ${GOTESTFLAGS:-} ./...
+
+section "fuzz ($FUZZTIME per target, $FUZZ_TARGETS)"
+n=0
+if [[ -f $FUZZ_TARGETS ]]; then
+	# Lines: "PKG FUZZNAME"; blank lines and #comments are skipped.
+	while read -r pkg name extra || [[ -n ${pkg:-} ]]; do
+		[[ -z ${pkg:-} || $pkg == \#* ]] && continue
+		[[ -n ${name:-} && -z ${extra:-} ]] || die "$FUZZ_TARGETS: bad line: $pkg ${name:-} ${extra:-} (want: PKG FUZZNAME)"
+		step="fuzz $pkg $name"
+		printf -- '--- %s %s\n' "$pkg" "$name"
+		# go test -fuzz passes when nothing matches: check the target exists.
+		listed=$(go test -list "^${name}\$" "$pkg" </dev/null) || die "go test -list $pkg failed"
+		grep -qx -- "$name" <<<"$listed" || die "$FUZZ_TARGETS: no fuzz test $name in $pkg"
+		go test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "$pkg" </dev/null
+		n=$((n + 1))
+	done <"$FUZZ_TARGETS"
+fi
+echo "fuzzed $n target(s)"
+step="done"
