@@ -173,5 +173,23 @@ func names(reg map[string]plugin) string {
 	return strings.Join(ns, ", ")
 }
 
-// ErrStopped is returned by a pillow stopped before its source ended.
-var ErrStopped = errors.New("stopped")
+// Permanent marks an error that retrying cannot fix, such as bad
+// credentials or a missing database: the engine stops the pillow with it
+// instead of retrying.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err}
+}
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// IsPermanent reports whether err was marked with Permanent.
+func IsPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p)
+}

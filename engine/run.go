@@ -2,9 +2,9 @@ package engine
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	json "github.com/goccy/go-json"
 	"log/slog"
 	"math/rand/v2"
 	"runtime"
@@ -94,14 +94,13 @@ func (p *Pillow) Run(ctx context.Context) error {
 			return err
 		})
 		if err != nil {
-			return nil // stopped before it could start
+			return startErr(s.Name, "loading the checkpoint", err)
 		}
 	}
 	for _, o := range s.outputs {
-		o := o
 		if err := retry(ctx, p.log.With("sink", o.Name), "open sink", func() error { return o.Sink.Open(ctx) }); err != nil {
 			p.closeSinks()
-			return nil
+			return startErr(s.Name, "opening sink "+o.Name, err)
 		}
 	}
 	defer p.closeSinks()
@@ -150,6 +149,15 @@ func (p *Pillow) Run(ctx context.Context) error {
 		return fmt.Errorf("pillow %s: source: %w", s.Name, srcErr)
 	}
 	p.log.Info("pillow stopped", "checkpoint", p.Stats.Checkpoint.Load())
+	return nil
+}
+
+// startErr is what Run returns when it could not start: nil when it was
+// stopped meanwhile, the error when it is permanent.
+func startErr(pillow, what string, err error) error {
+	if IsPermanent(err) {
+		return fmt.Errorf("pillow %s: %s: %w", pillow, what, err)
+	}
 	return nil
 }
 
@@ -378,8 +386,8 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 	return nil
 }
 
-// retry calls f until it succeeds or ctx ends, backing off exponentially
-// from 100ms to 30s with jitter, and logs each failure.
+// retry calls f until it succeeds, fails permanently or ctx ends, backing
+// off exponentially from 100ms to 30s with jitter, and logs each failure.
 func retry(ctx context.Context, log *slog.Logger, what string, f func() error) error {
 	delay := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
@@ -389,6 +397,9 @@ func retry(ctx context.Context, log *slog.Logger, what string, f func() error) e
 				log.Info(what+" succeeded after retries", "attempts", attempt)
 			}
 			return nil
+		}
+		if IsPermanent(err) {
+			return err
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()

@@ -449,3 +449,21 @@ func TestOrderKeptAcrossWorkers(t *testing.T) {
 		}
 	}
 }
+
+type failingCheckpoints struct{ err error }
+
+func (f failingCheckpoints) LoadCheckpoint(context.Context, string) (string, error) { return "", f.err }
+func (f failingCheckpoints) SaveCheckpoint(context.Context, string, string) error    { return f.err }
+
+func TestPermanentErrorStopsPillow(t *testing.T) {
+	s := testSpec(t, "", "", &chanSource{in: make(chan Change)}, &memSink{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := NewPillow(s, RunOptions{Log: quietLog(), Checkpoints: failingCheckpoints{Permanent(errors.New("unauthorized (401)"))}}).Run(ctx)
+	if err == nil || err.Error() != "pillow test: loading the checkpoint: unauthorized (401)" {
+		t.Fatalf("Run = %v", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("a permanent error was retried until the deadline")
+	}
+}

@@ -2,5 +2,6 @@ package main
 
 // The built-in sources and sinks register themselves with the engine.
 import (
+	_ "github.com/dimagi/ptop/builtins/couchdb"
 	_ "github.com/dimagi/ptop/builtins/file"
 )

@@ -1,0 +1,135 @@
+package couchdb
+
+import (
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/dimagi/ptop/engine"
+)
+
+// Config is the YAML under `source: {couchdb: …}`.
+type Config struct {
+	// URL is the server's address, http or https, with credentials in its
+	// userinfo if it needs them: "http://user:pass@127.0.0.1:5984".
+	URL string `yaml:"url" ptop:"required"`
+	// DB is the database whose changes are followed.
+	DB string `yaml:"db" ptop:"required"`
+	// Since is where to start when the pillow has no checkpoint: "0" (the
+	// beginning, the default), "now" (only changes made from now on) or a
+	// sequence id ("42", "42-g1AAAA…").
+	Since string `yaml:"since"`
+	// Selector is a Mango selector applied by the server (filter=_selector).
+	Selector map[string]any `yaml:"selector"`
+	// Filter is a design-document filter, "ddoc/name", applied by the
+	// server, with Params as its query parameters.
+	Filter string            `yaml:"filter"`
+	Params map[string]string `yaml:"params"`
+	// Heartbeat is how often the server is asked to show it is alive; a
+	// feed silent for three heartbeats is reconnected. Default 10s.
+	Heartbeat engine.Duration `yaml:"heartbeat"`
+	// CheckpointID is the id of the _local document holding the pillow's
+	// checkpoint; default "_local/ptop-<pillow name>". A missing "_local/"
+	// prefix is added.
+	CheckpointID string `yaml:"checkpoint_id"`
+}
+
+// DefaultHeartbeat is the heartbeat when none is configured.
+const DefaultHeartbeat = 10 * time.Second
+
+// SetDefaults implements engine.Defaulter.
+func (c *Config) SetDefaults() {
+	c.Since = "0"
+	c.Heartbeat = engine.Duration(DefaultHeartbeat)
+}
+
+// Validate implements engine.Validator.
+func (c *Config) Validate(ch *engine.Check) {
+	if ch.Has("url") {
+		if msg := checkURL(c.URL); msg != "" {
+			ch.Errorf("url", "%s", msg)
+		}
+	}
+	if ch.Has("db") && c.DB == "" {
+		ch.Errorf("db", "db must not be empty")
+	}
+	if !validSince(c.Since) {
+		ch.Errorf("since", "invalid since %q: use \"0\" (the beginning), \"now\", or a sequence id such as 42 or \"42-g1AAAA…\"", c.Since)
+	}
+	if ch.Has("selector") && ch.Has("filter") {
+		ch.Errorf("filter", "set either selector or filter, not both")
+	}
+	if ch.Has("filter") {
+		ddoc, name, ok := strings.Cut(c.Filter, "/")
+		if !ok || ddoc == "" || name == "" || strings.Contains(name, "/") {
+			ch.Errorf("filter", "invalid filter %q: use \"ddoc/name\", the design document (without _design/) and the filter's name", c.Filter)
+		}
+	}
+	if ch.Has("params") && !ch.Has("filter") {
+		ch.Errorf("params", "params are the query parameters of a filter; set filter too")
+	}
+	if c.Heartbeat <= 0 {
+		ch.Errorf("heartbeat", "heartbeat must be positive, got %s", c.Heartbeat)
+	}
+	if ch.Has("checkpoint_id") && strings.TrimPrefix(c.CheckpointID, "_local/") == "" {
+		ch.Errorf("checkpoint_id", "checkpoint_id must not be empty")
+	}
+}
+
+// checkURL returns what is wrong with a server URL, never repeating its
+// password, or "".
+func checkURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		if ue, ok := err.(*url.Error); ok {
+			err = ue.Err
+		}
+		return "invalid url: " + err.Error()
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "invalid url " + quote(u.Redacted()) + ": use http:// or https://"
+	}
+	if u.Host == "" {
+		return "invalid url " + quote(u.Redacted()) + ": no host"
+	}
+	return ""
+}
+
+func quote(s string) string { return `"` + s + `"` }
+
+// validSince reports whether s is "now" or a sequence id: digits, alone or
+// followed by a dash and more.
+func validSince(s string) bool {
+	if s == "now" {
+		return true
+	}
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	if i == 0 {
+		return false
+	}
+	return i == len(s) || (s[i] == '-' && i+1 < len(s))
+}
+
+// seqNumber is the numeric prefix of a sequence id, or -1 when it has none.
+func seqNumber(s string) int64 {
+	var n int64
+	i := 0
+	for ; i < len(s) && s[i] >= '0' && s[i] <= '9'; i++ {
+		if n > (1<<63-1)/10-10 {
+			return -1
+		}
+		n = n*10 + int64(s[i]-'0')
+	}
+	if i == 0 {
+		return -1
+	}
+	return n
+}
+
+// isInteger reports whether a sequence id is a bare integer.
+func isInteger(s string) bool {
+	return s != "" && seqNumber(s) >= 0 && strings.IndexFunc(s, func(r rune) bool { return r < '0' || r > '9' }) < 0
+}

@@ -1,0 +1,326 @@
+// Package couchdb is the `couchdb` source: it follows a CouchDB database's
+// continuous _changes feed and keeps each pillow's checkpoint in a _local
+// document of that database.
+//
+//	source:
+//	  couchdb:
+//	    url: ${COUCH_URL}          # required; http(s)://[user:pass@]host[:port][/prefix]
+//	    db: cases                  # required
+//	    since: "0"                 # with no checkpoint: "0" (default), now, or a sequence id
+//	    selector: {doc_type: CommCareCase}   # optional Mango selector, applied by the server
+//	    # filter: app/by_type      # or a design-doc filter (not with selector) ...
+//	    # params: {type: case}     # ... and its query parameters
+//	    heartbeat: 10s             # default 10s; a feed silent for 3 heartbeats is reconnected
+//	    checkpoint_id: _local/ptop-case-search   # default _local/ptop-<pillow name>
+//
+// Credentials come from the URL's userinfo or, when it has none, from the
+// environment variables COUCH_USER and COUCH_PASSWORD. They are sent with
+// HTTP basic authentication, and the password is never written in logs or
+// error messages.
+//
+// Sequence ids are kept verbatim: integers (PouchDB, CouchDB 1.x) as their
+// digits, strings (CouchDB 2+, "12-g1AAAA…") as they are, and they are sent
+// back to the server unchanged. Their numeric prefix is only compared to
+// notice a rewind: a database recreated behind the feed's back has an update
+// sequence lower than the position to resume from. With integer sequences
+// the feed then starts again from the beginning (delivery is at least once);
+// CouchDB 2+ rewinds opaque sequences of unknown shards itself, so for
+// those it is only logged.
+//
+// A wrong password, a refused access or a missing database at start are
+// errors that stop the source; network errors, server errors and stalls are
+// retried with backoff, resuming after the last change handed on.
+package couchdb
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-kivik/kivik/v4"
+	kcouch "github.com/go-kivik/kivik/v4/couchdb"
+	"github.com/go-kivik/kivik/v4/couchdb/chttp"
+	"github.com/go-kivik/kivik/v4/driver"
+
+	"github.com/dimagi/ptop/engine"
+)
+
+func init() {
+	engine.RegisterSource("couchdb", New)
+}
+
+// Source follows one database's changes feed. It also keeps checkpoints
+// (engine.CheckpointStore) in _local documents of that database.
+type Source struct {
+	cfg      Config
+	pillow   string
+	log      *slog.Logger
+	dsn      string // the server URL without userinfo
+	display  string // the database's URL for messages, password redacted
+	password string // to scrub from messages; "" when none
+	userinfo string // "user:pass@" as written in the URL, to scrub too
+
+	client *kivik.Client
+	db     *kivik.DB
+	feed   *chttp.Client
+
+	mu   sync.Mutex
+	revs map[string]string // _local doc id → last known _rev
+
+	lastActivity atomic.Int64 // unix nanoseconds of the last bytes from the feed
+}
+
+// New makes a source from its configuration. It makes no network call.
+func New(cfg *Config, bc engine.BuildContext) (engine.Source, error) {
+	if msg := checkURL(cfg.URL); msg != "" {
+		return nil, errors.New(msg)
+	}
+	u, err := url.Parse(cfg.URL)
+	if err != nil {
+		return nil, err // checked above
+	}
+	user, pass, hasUser := "", "", u.User != nil
+	if hasUser {
+		user = u.User.Username()
+		pass, _ = u.User.Password()
+	} else {
+		user, pass = os.Getenv("COUCH_USER"), os.Getenv("COUCH_PASSWORD")
+	}
+	s := &Source{
+		cfg:      *cfg,
+		pillow:   bc.Pillow,
+		log:      bc.Log,
+		password: pass,
+		revs:     map[string]string{},
+	}
+	if hasUser {
+		s.userinfo = rawUserinfo(cfg.URL)
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	shown := *u
+	if user != "" && !hasUser {
+		shown.User = url.User(user) // name who connects, from the environment
+	}
+	shown.Path = strings.TrimSuffix(shown.Path, "/") + "/" + cfg.DB
+	shown.RawPath = ""
+	s.display = shown.Redacted()
+	bare := *u
+	bare.User = nil
+	s.dsn = bare.String()
+
+	// One transport for both clients. Compression stays off: asked for
+	// gzip, pouchdb-server holds continuous-feed rows in its compressor.
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DisableCompression = true
+	opts := clientOptions{chttp.OptionNoRequestCompression()}
+	if user != "" || pass != "" {
+		opts = append(opts, chttp.BasicAuth(user, pass))
+	}
+	s.client, err = kivik.New("couch", s.dsn, kcouch.OptionHTTPClient(&http.Client{Transport: tr}), opts)
+	if err != nil {
+		return nil, s.errorf("%w", err)
+	}
+	s.db = s.client.DB(cfg.DB)
+	s.feed, err = chttp.New(&http.Client{Transport: tr}, s.dsn, opts)
+	if err != nil {
+		return nil, s.errorf("%w", err)
+	}
+	return s, nil
+}
+
+// rawUserinfo returns "user:pass@" as written in a URL, or "".
+func rawUserinfo(rawURL string) string {
+	_, rest, ok := strings.Cut(rawURL, "://")
+	if !ok {
+		return ""
+	}
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		rest = rest[:i]
+	}
+	if i := strings.LastIndexByte(rest, '@'); i >= 0 {
+		return rest[:i+1]
+	}
+	return ""
+}
+
+// clientOptions applies several kivik options at once.
+type clientOptions []kivik.Option
+
+func (o clientOptions) Apply(target any) {
+	for _, opt := range o {
+		opt.Apply(target)
+	}
+}
+
+func (o clientOptions) String() string { return fmt.Sprintf("%d options", len(o)) }
+
+var _ driver.Options = clientOptions(nil)
+
+// LastActivity is when the feed last received anything from the server, a
+// row or a heartbeat; zero before the first connection.
+func (s *Source) LastActivity() time.Time {
+	n := s.lastActivity.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+// checkpointID is the _local document holding pillow's checkpoint.
+func (s *Source) checkpointID(pillow string) string {
+	id := s.cfg.CheckpointID
+	if id == "" {
+		id = "ptop-" + pillow
+	}
+	if !strings.HasPrefix(id, "_local/") {
+		id = "_local/" + id
+	}
+	return id
+}
+
+// checkpoint is the _local document's body.
+type checkpoint struct {
+	Rev       string          `json:"_rev,omitempty"`
+	Seq       json.RawMessage `json:"seq"`
+	Pillow    string          `json:"pillow"`
+	UpdatedAt string          `json:"updated_at"`
+}
+
+// LoadCheckpoint implements engine.CheckpointStore: it returns the sequence
+// id saved for pillow, or "" if there is none (no document, or no database).
+func (s *Source) LoadCheckpoint(ctx context.Context, pillow string) (string, error) {
+	id := s.checkpointID(pillow)
+	var cp checkpoint
+	if err := s.db.Get(ctx, id).ScanDoc(&cp); err != nil {
+		if kivik.HTTPStatus(err) == http.StatusNotFound {
+			return "", nil
+		}
+		return "", s.errorf("loading checkpoint %s: %w", id, s.describe(err))
+	}
+	s.mu.Lock()
+	s.revs[id] = cp.Rev
+	s.mu.Unlock()
+	seq, err := seqString(cp.Seq)
+	if err != nil {
+		return "", s.errorf("checkpoint %s: %v", id, err)
+	}
+	return seq, nil
+}
+
+// SaveCheckpoint implements engine.CheckpointStore. It writes the _local
+// document with the last revision it knows (pouchdb-server requires it,
+// CouchDB does not), and after a conflict reads the current one and tries
+// once more.
+func (s *Source) SaveCheckpoint(ctx context.Context, pillow, seq string) error {
+	id := s.checkpointID(pillow)
+	seqJSON, _ := json.Marshal(seq)
+	cp := checkpoint{Seq: seqJSON, Pillow: pillow, UpdatedAt: time.Now().UTC().Format(time.RFC3339)}
+	for attempt := 0; ; attempt++ {
+		s.mu.Lock()
+		cp.Rev = s.revs[id]
+		s.mu.Unlock()
+		rev, err := s.db.Put(ctx, id, cp)
+		if err == nil {
+			s.mu.Lock()
+			s.revs[id] = rev
+			s.mu.Unlock()
+			return nil
+		}
+		if kivik.HTTPStatus(err) != http.StatusConflict || attempt > 0 {
+			return s.errorf("saving checkpoint %s: %w", id, s.describe(err))
+		}
+		var cur checkpoint
+		err = s.db.Get(ctx, id).ScanDoc(&cur)
+		switch {
+		case err == nil:
+		case kivik.HTTPStatus(err) == http.StatusNotFound:
+			cur.Rev = ""
+		default:
+			return s.errorf("saving checkpoint %s: reading its revision after a conflict: %w", id, s.describe(err))
+		}
+		s.mu.Lock()
+		s.revs[id] = cur.Rev
+		s.mu.Unlock()
+	}
+}
+
+// seqString returns a sequence id as the text it is kept as: the digits of
+// a JSON number, the content of a JSON string.
+func seqString(raw json.RawMessage) (string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", nil
+	}
+	if raw[0] == '"' {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return "", fmt.Errorf("invalid sequence id %s: %v", raw, err)
+		}
+		return s, nil
+	}
+	for _, b := range raw {
+		if (b < '0' || b > '9') && b != '-' && b != '.' && b != 'e' && b != 'E' && b != '+' {
+			return "", fmt.Errorf("invalid sequence id %.40s", raw)
+		}
+	}
+	return string(raw), nil
+}
+
+// errorf makes an error that names the database (with the password
+// redacted) and scrubs the password from the rest.
+func (s *Source) errorf(format string, args ...any) error {
+	return &sourceError{s: s, err: fmt.Errorf(format, args...)}
+}
+
+type sourceError struct {
+	s   *Source
+	err error
+}
+
+func (e *sourceError) Error() string {
+	return "couchdb " + e.s.display + ": " + e.s.scrub(e.err.Error())
+}
+
+func (e *sourceError) Unwrap() error { return e.err }
+
+// scrub removes the password from a message.
+func (s *Source) scrub(msg string) string {
+	if s.userinfo != "" {
+		msg = strings.ReplaceAll(msg, s.userinfo, "")
+	}
+	if len(s.password) >= 4 {
+		msg = strings.ReplaceAll(msg, s.password, "xxxxx")
+		if esc := url.QueryEscape(s.password); esc != s.password {
+			msg = strings.ReplaceAll(msg, esc, "xxxxx")
+		}
+	}
+	return msg
+}
+
+// describe turns the errors that need a person's attention into messages
+// that say what to do, marked permanent: no retry cures them.
+func (s *Source) describe(err error) error {
+	switch kivik.HTTPStatus(err) {
+	case http.StatusUnauthorized:
+		return engine.Permanent(fmt.Errorf("unauthorized (401): check the credentials in the url, or COUCH_USER and COUCH_PASSWORD: %w", err))
+	case http.StatusForbidden:
+		return engine.Permanent(fmt.Errorf("forbidden (403): the user may not read this database: %w", err))
+	}
+	return err
+}
+
+// Interface guards.
+var (
+	_ engine.Source          = (*Source)(nil)
+	_ engine.CheckpointStore = (*Source)(nil)
+)

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func ptop(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = run(args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+func write(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestValidateShippedPipelines(t *testing.T) {
+	t.Setenv("COUCH_URL", "http://127.0.0.1:1")
+	code, out, errOut := ptop(t, "validate", "../../pipelines")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if !strings.HasPrefix(out, "3 pillows OK: case-search, forms, households") {
+		t.Fatalf("stdout: %q", out)
+	}
+}
+
+func TestValidateReportsEveryProblem(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "a.yaml"), "name: a\nsource: {file: {path: x}}\nsinks: [{file: {path: y}}]\nbatch: {size: 0}\n")
+	write(t, filepath.Join(dir, "b.yaml"), "name: b\nsource: {file: {path: x}}\nfilter: doc.x ==\nsinks: [{file: {path: y}}]\n")
+	code, out, errOut := ptop(t, "validate", dir)
+	if code != 1 || out != "" {
+		t.Fatalf("exit %d, stdout %q", code, out)
+	}
+	lines := strings.Split(strings.TrimSpace(errOut), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], filepath.Join(dir, "a.yaml")+":4:15: ") ||
+		!strings.HasPrefix(lines[1], filepath.Join(dir, "b.yaml")+":3:") || lines[2] != "2 problems found" {
+		t.Fatalf("stderr:\n%s", errOut)
+	}
+}
+
+func TestValidateMissingPath(t *testing.T) {
+	code, _, errOut := ptop(t, "validate", "/nonexistent/dir")
+	if code != 1 || !strings.Contains(errOut, "/nonexistent/dir: no such file or directory") {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+}
+
+func TestUsageAndVersion(t *testing.T) {
+	if code, _, errOut := ptop(t); code != 2 || !strings.Contains(errOut, "Usage:") {
+		t.Errorf("no args: exit %d, %q", code, errOut)
+	}
+	if code, _, errOut := ptop(t, "frobnicate"); code != 2 || !strings.Contains(errOut, `unknown command "frobnicate"`) {
+		t.Errorf("unknown command: exit %d, %q", code, errOut)
+	}
+	if code, out, _ := ptop(t, "version"); code != 0 || !strings.HasPrefix(out, "ptop ") {
+		t.Errorf("version: exit %d, %q", code, out)
+	}
+	if code, _, errOut := ptop(t, "run", "-h"); code != 2 || !strings.Contains(errOut, "-pillow") {
+		t.Errorf("run -h: exit %d, %q", code, errOut)
+	}
+}
+
+func TestRunFileSourceToEnd(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "changes.jsonl")
+	write(t, in, `{"seq":1,"id":"a","changes":[{"rev":"1-a"}],"doc":{"_id":"a","type":"x","v":1}}
+{"seq":2,"id":"b","changes":[{"rev":"1-b"}],"doc":{"_id":"b","type":"y","v":2}}
+{"seq":3,"id":"a","changes":[{"rev":"2-a"}],"deleted":true,"doc":{"_id":"a","_rev":"2-a","_deleted":true}}
+`)
+	pdir := filepath.Join(dir, "pipelines")
+	outA, outB := filepath.Join(dir, "a.jsonl"), filepath.Join(dir, "b.jsonl")
+	write(t, filepath.Join(pdir, "one.yaml"), "name: one\nsource: {file: {path: "+in+"}}\nfilter: doc.type == \"x\"\n"+
+		"transform: |\n  function transform(doc) { return {_id: \"r-\" + doc._id, v: doc.v * 10}; }\nsinks: [{file: {path: "+outA+"}}]\n")
+	write(t, filepath.Join(pdir, "two.yaml"), "name: two\nsource: {file: {path: "+in+"}}\nsinks: [{file: {path: "+outB+"}}]\n")
+
+	code, _, errOut := ptop(t, "run", pdir, "--pillow", "one", "--log-level", "warn")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	got, _ := os.ReadFile(outA)
+	want := `{"action":"index","id":"r-a","doc":{"_id":"r-a","v":10}}` + "\n" + `{"action":"delete","id":"a"}` + "\n"
+	if string(got) != want {
+		t.Fatalf("one wrote:\n%s\nwant:\n%s", got, want)
+	}
+	if _, err := os.Stat(outB); !os.IsNotExist(err) {
+		t.Fatal("pillow two ran although only one was asked for")
+	}
+	if code, _, errOut := ptop(t, "run", pdir, "--pillow", "three"); code != 1 || !strings.Contains(errOut, `no pillow named "three"`) {
+		t.Fatalf("unknown pillow: exit %d, %s", code, errOut)
+	}
+}
+
+func TestRunFailsOnMissingInput(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "p.yaml"), "name: p\nsource: {file: {path: "+filepath.Join(dir, "missing.jsonl")+"}}\nsinks: [{file: {path: "+filepath.Join(dir, "o.jsonl")+"}}]\n")
+	code, _, errOut := ptop(t, "run", dir)
+	if code != 1 || !strings.Contains(errOut, "missing.jsonl: no such file or directory") {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+}

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Throughput benchmarks, printed as docs/s (see README, Performance):
+#   1. ptop from the file source through filter + transform into the file sink
+#   2. curl alone reading pouchdb-server's feed (normal and continuous)
+#   3. ptop reading the same continuous feed into the file sink
+#      (as is, and through filter + transform)
+#
+#   scripts/bench.sh                 # 100k documents
+#   BENCH_DOCS=20000 scripts/bench.sh
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$PTOP_ROOT"
+
+N=${BENCH_DOCS:-100000}
+RUNS=${BENCH_RUNS:-3}
+work=$(mktemp -d)
+started_services=
+cleanup() {
+	[[ -n $started_services ]] && scripts/services.sh down
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+mkdir -p bin
+go build -o bin/ptop ./cmd/ptop
+go build -o bin/gendocs ./internal/cmd/gendocs
+
+now() { date +%s.%N; }
+rate() { awk -v n="$1" -v s="$2" -v e="$3" 'BEGIN { printf "%d", n / (e - s) }'; }
+best() { tr ' ' '\n' | sort -n | tail -1; }
+
+FILTER='doc.doc_type == "CommCareCase" && doc.domain in ["demo", "prod"]'
+TRANSFORM='  function transform(doc, change) {
+    return {
+      _id: doc._id, name: doc.name.toUpperCase(), domain: doc.domain,
+      opened_on: doc.opened_on, closed: doc.closed, age: doc.properties.age,
+      village: doc.properties.village,
+    };
+  }'
+
+# pillow DIR NAME SOURCE-YAML WITH-TRANSFORM
+pillow() {
+	mkdir -p "$1"
+	{
+		echo "name: $2"
+		echo "source:"
+		echo "$3"
+		if [[ $4 == yes ]]; then
+			echo "filter: $FILTER"
+			echo "transform: |"
+			echo "$TRANSFORM"
+		fi
+		echo "batch: {size: 1000, wait: 500ms}"
+		echo "sinks:"
+		echo "  - file: {path: $1/out.jsonl}"
+	} >"$1/$2.yaml"
+}
+
+log "generating $N documents"
+bin/gendocs -n "$N" -changes "$work/changes.jsonl"
+
+# 1. file source
+pillow "$work/file" bench-file "  file: {path: $work/changes.jsonl}" yes
+rates=""
+for ((i = 0; i < RUNS; i++)); do
+	rm -f "$work/file/out.jsonl"
+	s=$(now)
+	bin/ptop run "$work/file" --log-level warn
+	e=$(now)
+	rates="$rates $(rate "$N" "$s" "$e")"
+done
+file_rate=$(best <<<"$rates")
+echo "file source -> filter+transform -> file sink: $file_rate docs/s (best of $RUNS:$rates)"
+
+# 2. the server and curl
+if ! scripts/services.sh env >/dev/null 2>&1; then
+	started_services=1
+fi
+eval "$(scripts/services.sh up)"
+curl -fsS -X DELETE "$COUCH_URL/bench" >/dev/null 2>&1 || true
+log "loading $N documents into $COUCH_URL/bench"
+bin/gendocs -n "$N" -couch "$COUCH_URL" -db bench
+
+rates=""
+for ((i = 0; i < RUNS; i++)); do
+	s=$(now)
+	curl -fsS "$COUCH_URL/bench/_changes?include_docs=true" >/dev/null
+	e=$(now)
+	rates="$rates $(rate "$N" "$s" "$e")"
+done
+curl_normal=$(best <<<"$rates")
+echo "curl, normal feed:     $curl_normal docs/s (best of $RUNS:$rates)"
+
+rates=""
+for ((i = 0; i < RUNS; i++)); do
+	# The continuous feed never ends: time the arrival of the Nth row.
+	s=$(now)
+	curl -fsSN "$COUCH_URL/bench/_changes?feed=continuous&include_docs=true&heartbeat=500" 2>/dev/null |
+		{
+			head -n "$N" >/dev/null
+			now >"$work/curl-end"
+		} || true
+	e=$(<"$work/curl-end")
+	rates="$rates $(rate "$N" "$s" "$e")"
+done
+curl_cont=$(best <<<"$rates")
+echo "curl, continuous feed: $curl_cont docs/s (best of $RUNS:$rates)"
+
+# 3. ptop from the server: time until the sink holds every document.
+# run_couch DIR NAME: prints docs/s
+run_couch() {
+	local dir=$1 name=$2 want=$3 s e pid n
+	rm -f "$dir/out.jsonl"
+	curl -fsS -X DELETE "$COUCH_URL/bench/_local/ptop-$name" >/dev/null 2>&1 || true
+	s=$(now)
+	bin/ptop run "$dir" --log-level warn &
+	pid=$!
+	while :; do
+		n=$(wc -l 2>/dev/null <"$dir/out.jsonl" || echo 0)
+		((n >= want)) && break
+		kill -0 "$pid" 2>/dev/null || die "ptop exited early"
+		sleep 0.02
+	done
+	e=$(now)
+	kill -TERM "$pid"
+	wait "$pid" || true
+	rate "$N" "$s" "$e"
+}
+
+for mode in plain transform; do
+	with=no
+	want=$N
+	if [[ $mode == transform ]]; then
+		with=yes
+		want=$(grep -c '"doc_type":"CommCareCase","domain":"\(demo\|prod\)"' "$work/changes.jsonl")
+	fi
+	pillow "$work/couch-$mode" "bench-couch-$mode" "  couchdb: {url: \"$COUCH_URL\", db: bench}" "$with"
+	rates=""
+	for ((i = 0; i < RUNS; i++)); do
+		rates="$rates $(run_couch "$work/couch-$mode" "bench-couch-$mode" "$want")"
+	done
+	r=$(best <<<"$rates")
+	echo "ptop, couchdb source ($mode) -> file sink: $r docs/s (best of $RUNS:$rates); $(awk -v a="$r" -v b="$curl_cont" 'BEGIN { printf "%d%%", 100 * a / b }') of curl continuous, $(awk -v a="$r" -v b="$curl_normal" 'BEGIN { printf "%d%%", 100 * a / b }') of curl normal"
+done
+curl -fsS -X DELETE "$COUCH_URL/bench" >/dev/null 2>&1 || true
