@@ -15,7 +15,7 @@ func benchDoc(i int) []byte {
 		"type": "patient", "name": fmt.Sprintf("patient number %d", i), "owner_id": "a3f1c9e2b7d84f60",
 		"opened_on": "2026-01-15T09:30:00Z", "modified_on": "2026-02-01T12:00:00Z", "closed": i%7 == 0,
 		"properties": map[string]any{"age": i % 90, "village": "Kisumu", "phone": "+254700000000", "risk": "low"},
-		"indices": []any{map[string]any{"identifier": "parent", "referenced_id": "hh-0001"}},
+		"indices":    []any{map[string]any{"identifier": "parent", "referenced_id": "hh-0001"}},
 	})
 	return b
 }

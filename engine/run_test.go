@@ -453,7 +453,7 @@ func TestOrderKeptAcrossWorkers(t *testing.T) {
 type failingCheckpoints struct{ err error }
 
 func (f failingCheckpoints) LoadCheckpoint(context.Context, string) (string, error) { return "", f.err }
-func (f failingCheckpoints) SaveCheckpoint(context.Context, string, string) error    { return f.err }
+func (f failingCheckpoints) SaveCheckpoint(context.Context, string, string) error   { return f.err }
 
 func TestPermanentErrorStopsPillow(t *testing.T) {
 	s := testSpec(t, "", "", &chanSource{in: make(chan Change)}, &memSink{})

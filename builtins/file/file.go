@@ -24,11 +24,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	json "github.com/goccy/go-json"
 	"io"
 	"os"
 	"strconv"
 	"sync"
+
+	json "github.com/goccy/go-json"
 
 	"github.com/dimagi/ptop/engine"
 )
