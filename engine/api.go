@@ -75,6 +75,22 @@ type Sink interface {
 	Close() error
 }
 
+// TransactionalSink is a sink that can save a pillow's checkpoint in the
+// same transaction as a batch's records, when the pillow's checkpoint store
+// lives in the same database: after a crash, records and checkpoint are
+// then never out of step (exactly-once into that sink).
+type TransactionalSink interface {
+	Sink
+	// SharesStore reports whether cps keeps its checkpoints in this sink's
+	// database, where WriteCheckpointed can update them.
+	SharesStore(cps CheckpointStore) bool
+	// WriteCheckpointed writes records like Write and saves seq as
+	// pillow's checkpoint, atomically. records may be empty (a batch whose
+	// changes were all filtered out); seq may be empty (no change of the
+	// batch had one), and then only the records are written.
+	WriteCheckpointed(ctx context.Context, records []Record, pillow, seq string) error
+}
+
 // RecordError is the failure of one record of a batch.
 type RecordError struct {
 	Index int // in the batch given to Write
@@ -133,8 +149,9 @@ type plugin struct {
 }
 
 var (
-	sources = map[string]plugin{}
-	sinks   = map[string]plugin{}
+	sources     = map[string]plugin{}
+	sinks       = map[string]plugin{}
+	checkpoints = map[string]plugin{}
 )
 
 // RegisterSource makes a source type available to pillows as
@@ -150,6 +167,13 @@ func RegisterSource[C any](name string, build func(cfg *C, bc BuildContext) (Sou
 // `sinks`, like RegisterSource.
 func RegisterSink[C any](name string, build func(cfg *C, bc BuildContext) (Sink, error)) {
 	register(sinks, "sink", name, build)
+}
+
+// RegisterCheckpointStore makes a checkpoint store available to pillows
+// as `checkpoint: {NAME: …}`, like RegisterSource. Without that key a
+// pillow keeps its checkpoint in its source, when the source can.
+func RegisterCheckpointStore[C any](name string, build func(cfg *C, bc BuildContext) (CheckpointStore, error)) {
+	register(checkpoints, "checkpoint store", name, build)
 }
 
 func register[C, T any](reg map[string]plugin, kind, name string, build func(*C, BuildContext) (T, error)) {

@@ -28,6 +28,9 @@ type Config struct {
 	TransformTimeout Duration    `yaml:"transform_timeout"`
 	Batch            Batch       `yaml:"batch"`
 	Sinks            []SinkBlock `yaml:"sinks" ptop:"required"`
+	// Checkpoint names where the checkpoint is kept, when not in the
+	// source.
+	Checkpoint *CheckpointBlock `yaml:"checkpoint"`
 	// IncludeDesign passes design documents (_design/…) on; they are
 	// skipped by default.
 	IncludeDesign bool `yaml:"include_design"`
@@ -95,6 +98,13 @@ type block struct {
 	Pos    Pos // of the type key
 }
 
+// CheckpointBlock is `checkpoint: {TYPE: {…}}`.
+type CheckpointBlock struct{ block }
+
+func (b *CheckpointBlock) decodeNode(d *decoder, n *yaml.Node, expand bool) {
+	b.block.decodeNode(d, n, expand, "checkpoint store", checkpoints)
+}
+
 func (b *SourceBlock) decodeNode(d *decoder, n *yaml.Node, expand bool) {
 	b.block.decodeNode(d, n, expand, "source", sources)
 }
@@ -134,6 +144,7 @@ type Spec struct {
 	Hash      string
 	source    Source
 	outputs   []NamedSink
+	cps       CheckpointStore
 	filter    *filter
 	transform *Transform
 	namePos   Pos
@@ -141,6 +152,10 @@ type Spec struct {
 
 // Src is the pillow's source.
 func (s *Spec) Src() Source { return s.source }
+
+// Checkpoints is where the pillow keeps its checkpoint: the `checkpoint`
+// store, else the source when it can, else nil (no checkpoint).
+func (s *Spec) Checkpoints() CheckpointStore { return s.cps }
 
 // Outputs are the pillow's sinks, in the order written.
 func (s *Spec) Outputs() []NamedSink { return s.outputs }
@@ -318,6 +333,16 @@ func parse(path string, data []byte, lookup func(string) (string, bool)) (*Spec,
 		errs.Append(s.Source.Pos, err)
 	} else {
 		s.source = src2.(Source)
+	}
+	if s.Checkpoint != nil && s.Checkpoint.Config != nil {
+		cs, err := checkpoints[s.Checkpoint.Type].build(s.Checkpoint.Config, bc)
+		if err != nil {
+			errs.Append(s.Checkpoint.Pos, err)
+		} else {
+			s.cps = cs.(CheckpointStore)
+		}
+	} else if cs, ok := s.source.(CheckpointStore); ok {
+		s.cps = cs
 	}
 	count := map[string]int{}
 	for _, b := range s.Sinks {

@@ -41,6 +41,9 @@ type Pillow struct {
 	opts  RunOptions
 	log   *slog.Logger
 	cps   CheckpointStore
+	// txSink names the sink that saves the checkpoint in its own
+	// transaction, if any: it is written last, with the checkpoint.
+	txSink string
 }
 
 // NewPillow prepares spec to run.
@@ -57,7 +60,15 @@ func NewPillow(spec *Spec, opts RunOptions) *Pillow {
 	}
 	p := &Pillow{Spec: spec, opts: opts, log: log, cps: opts.Checkpoints}
 	if p.cps == nil {
-		p.cps, _ = spec.source.(CheckpointStore)
+		p.cps = spec.cps
+	}
+	if p.cps != nil {
+		for _, o := range spec.outputs {
+			if ts, ok := o.Sink.(TransactionalSink); ok && ts.SharesStore(p.cps) {
+				p.txSink = o.Name
+				break
+			}
+		}
 	}
 	return p
 }
@@ -135,7 +146,7 @@ func (p *Pillow) Run(ctx context.Context) error {
 		if writeErr = p.write(work, b); writeErr != nil {
 			continue
 		}
-		if b.lastSeq != "" && p.cps != nil {
+		if b.lastSeq != "" && p.cps != nil && p.txSink == "" {
 			if err := p.cps.SaveCheckpoint(work, s.Name, b.lastSeq); err != nil {
 				p.log.Warn("checkpoint not saved; the next one will cover it", "seq", b.lastSeq, "error", err)
 			}
@@ -338,46 +349,75 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 }
 
 // write hands a batch to every sink, retrying each until it acknowledges,
-// and records the batch's failures. It fails only when ctx ends first.
+// and records the batch's failures. A sink that saves the checkpoint in its
+// own transaction goes last, once the others have acknowledged the batch
+// and its failures are recorded. It fails only when ctx ends first.
 func (p *Pillow) write(ctx context.Context, b *batch) error {
-	outs := p.Spec.outputs
 	var mu sync.Mutex
-	errs := make([]error, len(outs))
+	writeTo := func(o NamedSink) error {
+		return retry(ctx, p.log.With("sink", o.Name), "write", func() error {
+			var err error
+			if ts, ok := o.Sink.(TransactionalSink); ok && o.Name == p.txSink {
+				err = ts.WriteCheckpointed(ctx, b.records, p.Spec.Name, b.lastSeq)
+			} else if len(b.records) > 0 {
+				err = o.Sink.Write(ctx, b.records)
+			}
+			var re RecordErrors
+			if errors.As(err, &re) {
+				mu.Lock()
+				for _, e := range re {
+					r := b.records[e.Index]
+					b.failures = append(b.failures, Failure{
+						Pillow: p.Spec.Name, Stage: "sink:" + o.Name, Err: e.Err, Time: time.Now(),
+						Change: Change{ID: r.DocID, Rev: r.Rev, Seq: r.Seq, Deleted: r.Delete},
+					})
+				}
+				mu.Unlock()
+				return nil
+			}
+			return err
+		})
+	}
+	var last *NamedSink
+	var others []NamedSink
+	for i, o := range p.Spec.outputs {
+		if o.Name == p.txSink {
+			last = &p.Spec.outputs[i]
+		} else {
+			others = append(others, o)
+		}
+	}
+	errs := make([]error, len(others))
 	var wg sync.WaitGroup
-	for i, o := range outs {
+	for i, o := range others {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			log := p.log.With("sink", o.Name)
-			errs[i] = retry(ctx, log, "write", func() error {
-				if len(b.records) == 0 {
-					return nil
-				}
-				err := o.Sink.Write(ctx, b.records)
-				var re RecordErrors
-				if errors.As(err, &re) {
-					mu.Lock()
-					for _, e := range re {
-						r := b.records[e.Index]
-						b.failures = append(b.failures, Failure{
-							Pillow: p.Spec.Name, Stage: "sink:" + o.Name, Err: e.Err, Time: time.Now(),
-							Change: Change{ID: r.DocID, Rev: r.Rev, Seq: r.Seq, Deleted: r.Delete},
-						})
-					}
-					mu.Unlock()
-					return nil
-				}
-				return err
-			})
+			errs[i] = writeTo(o)
 		}()
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	for _, f := range b.failures {
-		err := retry(ctx, p.log, "record failure", func() error { return p.opts.Errors.Record(ctx, f) })
-		if err != nil {
+	recorded := 0
+	record := func() error {
+		for ; recorded < len(b.failures); recorded++ {
+			f := b.failures[recorded]
+			if err := retry(ctx, p.log, "record failure", func() error { return p.opts.Errors.Record(ctx, f) }); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := record(); err != nil {
+		return err
+	}
+	if last != nil {
+		if err := writeTo(*last); err != nil {
+			return err
+		}
+		if err := record(); err != nil {
 			return err
 		}
 	}

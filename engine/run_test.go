@@ -467,3 +467,40 @@ func TestPermanentErrorStopsPillow(t *testing.T) {
 		t.Fatal("a permanent error was retried until the deadline")
 	}
 }
+
+// txSink saves the checkpoint with its records, in a store it shares.
+type txSink struct {
+	memSink
+	store  *memCheckpoints
+	others *memSink // must have the batch before the checkpoint moves
+	order  []string
+}
+
+func (s *txSink) SharesStore(cps CheckpointStore) bool { return cps == CheckpointStore(s.store) }
+func (s *txSink) WriteCheckpointed(ctx context.Context, rs []Record, pillow, seq string) error {
+	if len(rs) > 0 {
+		if err := s.Write(ctx, rs); err != nil {
+			return err
+		}
+	}
+	s.order = append(s.order, fmt.Sprintf("%d-before-others-had-%d", len(rs), len(s.others.records())))
+	s.store.mu.Lock()
+	s.store.seq = seq
+	s.store.mu.Unlock()
+	return nil
+}
+
+func TestTransactionalSinkSavesCheckpointLast(t *testing.T) {
+	other := &memSink{fail: 1}
+	cps := &memCheckpoints{}
+	tx := &txSink{store: cps, others: other}
+	s := testSpec(t, `doc.keep == true`, "", feed(doc("a", "keep", true), doc("b", "keep", true), doc("c"), doc("d")), other, tx)
+	s.Batch.Size = 2
+	runToEnd(t, s, RunOptions{Checkpoints: cps})
+	if cps.get() != "4" || len(cps.saves) != 0 {
+		t.Fatalf("checkpoint %q, saved through the store %v: want 4 saved only by the sink", cps.get(), cps.saves)
+	}
+	if want := []string{"2-before-others-had-2", "0-before-others-had-2"}; !reflect.DeepEqual(tx.order, want) {
+		t.Fatalf("writes %v, want %v", tx.order, want)
+	}
+}
