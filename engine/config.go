@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -327,7 +328,7 @@ func parse(path string, data []byte, lookup func(string) (string, bool)) (*Spec,
 	if len(errs) > 0 {
 		return s, errs.Err()
 	}
-	bc := BuildContext{Pillow: s.Name, File: path, Dir: dir}
+	bc := BuildContext{Pillow: s.Name, File: path, Dir: dir, Log: slog.Default().With("pillow", s.Name)}
 	src2, err := sources[s.Source.Type].build(s.Source.Config, bc)
 	if err != nil {
 		errs.Append(s.Source.Pos, err)

@@ -112,6 +112,7 @@ func (f *follower) follow(ctx context.Context) (connected bool, err error) {
 		return false, f.classify("opening the changes feed", err)
 	}
 	f.started = true
+	s.log.Info("couchdb changes feed connected", "db", s.display, "since", f.seq)
 	if f.seq == "now" && updateSeq != "" {
 		// Should this connection fail before a change arrives, the next
 		// one resumes from where this one started, not from a later now.

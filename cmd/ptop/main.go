@@ -13,7 +13,6 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -188,59 +187,81 @@ func cmdRun(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "ptop run:", err)
 		return 2
 	}
-	specs, err := engine.Load(dir)
-	if err != nil {
-		printLoadErrors(stderr, err)
-		return 1
-	}
-	if len(only) > 0 {
+	slog.SetDefault(log) // sources and sinks log through it
+	load := func() ([]*engine.Spec, error) {
+		specs, err := engine.Load(dir)
+		if err != nil || len(only) == 0 {
+			return specs, err
+		}
 		byName := map[string]*engine.Spec{}
 		for _, s := range specs {
 			byName[s.Name] = s
 		}
-		specs = specs[:0:0]
+		var picked []*engine.Spec
 		for _, n := range only {
 			s, ok := byName[n]
 			if !ok {
-				fmt.Fprintf(stderr, "ptop run: no pillow named %q in %s\n", n, dir)
-				return 1
+				return nil, fmt.Errorf("no pillow named %q in %s", n, dir)
 			}
-			specs = append(specs, s)
+			picked = append(picked, s)
 		}
+		return picked, nil
+	}
+	specs, err := load()
+	if err != nil {
+		printLoadErrors(stderr, err)
+		return 1
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	log.Info("ptop starting", "version", versionString(), "pillows", specNames(specs))
+	runner := engine.NewRunner(engine.RunOptions{Log: log, DrainTimeout: *drain})
+	runner.Apply(specs)
+
+	// SIGHUP re-reads the directory; reloads run one at a time.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	go func() {
 		for range hup {
-			log.Warn("SIGHUP: reloading is not available in this version; restart ptop to apply changes")
+			reload(log, runner, load)
 		}
 	}()
 
-	log.Info("ptop starting", "version", versionString(), "pillows", specNames(specs))
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	failed := 0
-	for _, s := range specs {
-		p := engine.NewPillow(s, engine.RunOptions{Log: log, DrainTimeout: *drain})
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := p.Run(ctx); err != nil {
-				log.Error("pillow failed", "pillow", s.Name, "error", err)
-				mu.Lock()
-				failed++
-				mu.Unlock()
-			}
-		}()
+	err = runner.Wait(ctx)
+	if ctx.Err() != nil {
+		log.Info("stopping: draining and checkpointing")
+		err = runner.Stop()
 	}
-	wg.Wait()
-	if failed > 0 {
-		log.Error("ptop stopped", "failed_pillows", failed)
+	if err != nil {
+		log.Error("ptop stopped with failed pillows", "error", err)
 		return 1
 	}
 	log.Info("ptop stopped")
 	return 0
+}
+
+// reload loads the directory again and applies it, or logs every problem
+// and leaves the running pillows as they are.
+func reload(log *slog.Logger, runner *engine.Runner, load func() ([]*engine.Spec, error)) {
+	log.Info("SIGHUP: reloading")
+	specs, err := load()
+	if err != nil {
+		var es engine.Errors
+		if errors.As(err, &es) {
+			for _, e := range es {
+				log.Error("reload: invalid pillow", "problem", e.Error())
+			}
+		} else {
+			log.Error("reload: invalid pillow", "problem", err.Error())
+		}
+		res := runner.Refused(err)
+		log.Error("reload refused: nothing changed", "problems", max(len(es), 1), "unchanged", strings.Join(res.Unchanged, ","))
+		return
+	}
+	res := runner.Apply(specs)
+	log.Info("reload applied",
+		"started", strings.Join(res.Started, ","), "stopped", strings.Join(res.Stopped, ","),
+		"restarted", strings.Join(res.Restarted, ","), "unchanged", strings.Join(res.Unchanged, ","))
 }

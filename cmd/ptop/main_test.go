@@ -98,7 +98,7 @@ func TestRunFileSourceToEnd(t *testing.T) {
 	if _, err := os.Stat(outB); !os.IsNotExist(err) {
 		t.Fatal("pillow two ran although only one was asked for")
 	}
-	if code, _, errOut := ptop(t, "run", pdir, "--pillow", "three"); code != 1 || !strings.Contains(errOut, `no pillow named "three"`) {
+	if code, _, errOut := ptop(t, "run", pdir, "--pillow", "three"); code != 1 || !strings.Contains(errOut, `no pillow named "three" in `) {
 		t.Fatalf("unknown pillow: exit %d, %s", code, errOut)
 	}
 }
