@@ -112,27 +112,87 @@ func (e RecordErrors) Error() string {
 // record.
 type Failure struct {
 	Pillow string
+	Hash   string // the pillow definition (Spec.Hash) it failed under
 	Change Change
 	Stage  string // "source", "decode", "filter", "transform" or "sink:NAME"
 	Err    error
 	Time   time.Time
 }
 
-// ErrorStore receives failures. The pillow's checkpoint may pass a change
-// once its failure is recorded.
-type ErrorStore interface {
-	Record(ctx context.Context, f Failure) error
+// ErrorEntry is a failed change as an error store keeps it: one entry per
+// pillow and document.
+type ErrorEntry struct {
+	Pillow, DocID string
+	Seq, Rev      string // of the change that failed last
+	Hash          string // the pillow definition it failed under last
+	Stage, Error  string
+	Attempts      int
+	FirstFailed   time.Time
+	LastFailed    time.Time
+	// NextAttempt is when the pillow tries the document again; zero when it
+	// has given up (after its max_attempts): only `ptop errors retry`, or a
+	// new definition of the pillow, tries it again.
+	NextAttempt time.Time
 }
 
-// LogErrorStore records failures in the log, at error level. Its logger
-// is expected to name the pillow.
+// ErrorStore keeps failed changes durably, so that they are retried and can
+// be listed; the pillow's checkpoint passes a change once its failure is
+// recorded. Entries are keyed by (pillow, document id).
+type ErrorStore interface {
+	// Record stores f: a new entry with Attempts 1, or one more attempt of
+	// the document's entry. NextAttempt is LastFailed+next(Attempts), or
+	// zero when next returns 0 or less.
+	Record(ctx context.Context, f Failure, next func(attempts int) time.Duration) (ErrorEntry, error)
+	// List returns the entries of pillow ("" for every pillow), by
+	// pillow and document id.
+	List(ctx context.Context, pillow string) ([]ErrorEntry, error)
+	// Clear removes an entry, if there is one.
+	Clear(ctx context.Context, pillow, docID string) error
+	// Retry makes entries due now (all of pillow's when ids is empty) and
+	// returns how many it changed.
+	Retry(ctx context.Context, pillow string, ids []string) (int, error)
+	// Purge removes entries (every pillow's when pillow is "", all of
+	// pillow's when ids is empty) and returns how many.
+	Purge(ctx context.Context, pillow string, ids []string) (int, error)
+}
+
+// ErrorStoreProvider is implemented by sources that keep the error store
+// of the pillows that read from them (the couchdb source keeps it in a
+// database next to the source's).
+type ErrorStoreProvider interface {
+	ErrorStore() (ErrorStore, error)
+}
+
+// DocReader is implemented by sources that can read a document's current
+// version, which a retry of a failed change processes. A document that is
+// deleted or missing comes back as a deletion (with its tombstone's
+// revision when known).
+type DocReader interface {
+	ReadDoc(ctx context.Context, id string) (Change, error)
+}
+
+// LogErrorStore only logs failures, at error level: for sources that keep
+// no error store (the file source). Its logger is expected to name the
+// pillow. Nothing is retried.
 type LogErrorStore struct{ Log *slog.Logger }
 
 // Record logs f.
-func (s LogErrorStore) Record(_ context.Context, f Failure) error {
+func (s LogErrorStore) Record(_ context.Context, f Failure, _ func(int) time.Duration) (ErrorEntry, error) {
 	s.Log.Error("change failed", "id", f.Change.ID, "seq", f.Change.Seq, "stage", f.Stage, "error", f.Err)
-	return nil
+	return ErrorEntry{Pillow: f.Pillow, DocID: f.Change.ID, Attempts: 1, Error: f.Err.Error()}, nil
 }
+
+// List returns nothing: a log keeps no entries.
+func (LogErrorStore) List(context.Context, string) ([]ErrorEntry, error) { return nil, nil }
+
+// Clear does nothing.
+func (LogErrorStore) Clear(context.Context, string, string) error { return nil }
+
+// Retry does nothing.
+func (LogErrorStore) Retry(context.Context, string, []string) (int, error) { return 0, nil }
+
+// Purge does nothing.
+func (LogErrorStore) Purge(context.Context, string, []string) (int, error) { return 0, nil }
 
 // BuildContext is what a source or sink constructor knows of its pillow.
 // Constructors must not touch the network; that is Open's and Run's job.

@@ -29,6 +29,8 @@ type Config struct {
 	TransformTimeout Duration    `yaml:"transform_timeout"`
 	Batch            Batch       `yaml:"batch"`
 	Sinks            []SinkBlock `yaml:"sinks" ptop:"required"`
+	// Errors says how failed changes are retried.
+	Errors RetryPolicy `yaml:"errors"`
 	// Checkpoint names where the checkpoint is kept, when not in the
 	// source.
 	Checkpoint *CheckpointBlock `yaml:"checkpoint"`
@@ -64,6 +66,45 @@ func (b *Batch) Validate(ch *Check) {
 func (c *Config) SetDefaults() {
 	c.TransformTimeout = Duration(time.Second)
 	c.Batch = Batch{Size: 500, Wait: Duration(time.Second)}
+	c.Errors = RetryPolicy{MaxAttempts: 8, Backoff: Duration(30 * time.Second), MaxBackoff: Duration(6 * time.Hour), Poll: Duration(5 * time.Second)}
+}
+
+// RetryPolicy is `errors: {…}`: failed changes are retried after Backoff,
+// doubling up to MaxBackoff, until MaxAttempts attempts have failed; the
+// error store is checked for due retries every Poll.
+type RetryPolicy struct {
+	MaxAttempts int      `yaml:"max_attempts"`
+	Backoff     Duration `yaml:"backoff"`
+	MaxBackoff  Duration `yaml:"max_backoff"`
+	Poll        Duration `yaml:"poll"`
+}
+
+// Validate implements Validator.
+func (r *RetryPolicy) Validate(ch *Check) {
+	if r.MaxAttempts <= 0 {
+		ch.Errorf("max_attempts", "max_attempts must be positive, got %d", r.MaxAttempts)
+	}
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{{"backoff", r.Backoff}, {"max_backoff", r.MaxBackoff}, {"poll", r.Poll}} {
+		if d.v <= 0 {
+			ch.Errorf(d.key, "%s must be positive, got %s", d.key, d.v)
+		}
+	}
+}
+
+// Next is the delay before attempt n+1 after n failed attempts, or 0 when
+// there is to be none.
+func (r RetryPolicy) Next(n int) time.Duration {
+	if n >= r.MaxAttempts {
+		return 0
+	}
+	d := r.Backoff.D()
+	for i := 1; i < n && d < r.MaxBackoff.D(); i++ {
+		d *= 2
+	}
+	return min(d, r.MaxBackoff.D())
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)

@@ -18,7 +18,9 @@ import (
 // RunOptions are the process-wide settings of a running pillow.
 type RunOptions struct {
 	Log    *slog.Logger
-	Errors ErrorStore // where failed changes go; default LogErrorStore
+	// Errors overrides where failed changes go; by default the source keeps
+	// them when it implements ErrorStoreProvider, else they are logged.
+	Errors ErrorStore
 	// Checkpoints overrides where the position is kept; by default the
 	// source keeps it when it implements CheckpointStore, else nowhere.
 	Checkpoints CheckpointStore
@@ -44,6 +46,11 @@ type Pillow struct {
 	// txSink names the sink that saves the checkpoint in its own
 	// transaction, if any: it is written last, with the checkpoint.
 	txSink string
+	errs   ErrorStore
+	reader DocReader // re-reads documents for retries; nil: no retries
+	// failed holds the ids of documents with an entry in the error store,
+	// so that a later success clears it. Only the write stage uses it.
+	failed map[string]bool
 }
 
 // NewPillow prepares spec to run.
@@ -55,10 +62,21 @@ func NewPillow(spec *Spec, opts RunOptions) *Pillow {
 		opts.DrainTimeout = 10 * time.Second
 	}
 	log := opts.Log.With("pillow", spec.Name)
-	if opts.Errors == nil {
-		opts.Errors = LogErrorStore{Log: log}
+	p := &Pillow{Spec: spec, opts: opts, log: log, cps: opts.Checkpoints, errs: opts.Errors}
+	if p.errs == nil {
+		if esp, ok := spec.source.(ErrorStoreProvider); ok {
+			es, err := esp.ErrorStore()
+			if err != nil {
+				log.Error("no error store; failed changes are only logged", "error", err)
+			} else {
+				p.errs = es
+			}
+		}
 	}
-	p := &Pillow{Spec: spec, opts: opts, log: log, cps: opts.Checkpoints}
+	if p.errs == nil {
+		p.errs = LogErrorStore{Log: log}
+	}
+	p.reader, _ = spec.source.(DocReader)
 	if p.cps == nil {
 		p.cps = spec.cps
 	}
@@ -80,6 +98,7 @@ type batch struct {
 	failures []Failure
 	lastSeq  string
 	filtered int
+	retry    bool // documents read again to retry their failures: no checkpoint
 }
 
 // Run reads the pillow's feed from its checkpoint and writes what it makes
@@ -128,8 +147,15 @@ func (p *Pillow) Run(ctx context.Context) error {
 		defer close(changes)
 		srcErr = s.source.Run(ctx, since, changes)
 	}()
+	if err := p.loadFailed(ctx); err != nil {
+		return startErr(s.Name, "reading the error store", err)
+	}
+	retries := make(chan []Change)
+	if p.reader != nil {
+		go p.retrier(ctx, retries)
+	}
 	batches := make(chan *batch, 1)
-	go p.batcher(changes, batches)
+	go p.batcher(changes, retries, batches)
 	processed := make(chan *batch, 1)
 	go func() {
 		defer close(processed)
@@ -144,6 +170,9 @@ func (p *Pillow) Run(ctx context.Context) error {
 			continue // drain the pipeline; nothing more is checkpointed
 		}
 		if writeErr = p.write(work, b); writeErr != nil {
+			continue
+		}
+		if b.retry {
 			continue
 		}
 		if b.lastSeq != "" && p.cps != nil && p.txSink == "" {
@@ -183,7 +212,7 @@ func (p *Pillow) closeSinks() {
 
 // batcher groups changes into batches of Batch.Size, sending a smaller one
 // when Batch.Wait has passed since its first change.
-func (p *Pillow) batcher(in <-chan Change, out chan<- *batch) {
+func (p *Pillow) batcher(in <-chan Change, retries <-chan []Change, out chan<- *batch) {
 	defer close(out)
 	size, wait := p.Spec.Batch.Size, p.Spec.Batch.Wait.D()
 	timer := time.NewTimer(time.Hour)
@@ -216,6 +245,8 @@ func (p *Pillow) batcher(in <-chan Change, out chan<- *batch) {
 			}
 		case <-timer.C:
 			flush()
+		case cs := <-retries:
+			out <- &batch{changes: cs, retry: true}
 		}
 	}
 }
@@ -297,7 +328,7 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 	s := p.Spec
 	recs = make([]Record, 0, len(cs))
 	fail := func(c *Change, stage string, err error) {
-		fails = append(fails, Failure{Pillow: s.Name, Change: *c, Stage: stage, Err: err, Time: time.Now()})
+		fails = append(fails, Failure{Pillow: s.Name, Hash: s.Hash, Change: *c, Stage: stage, Err: err, Time: time.Now()})
 	}
 	for i := range cs {
 		c := &cs[i]
@@ -368,7 +399,7 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 				for _, e := range re {
 					r := b.records[e.Index]
 					b.failures = append(b.failures, Failure{
-						Pillow: p.Spec.Name, Stage: "sink:" + o.Name, Err: e.Err, Time: time.Now(),
+						Pillow: p.Spec.Name, Hash: p.Spec.Hash, Stage: "sink:" + o.Name, Err: e.Err, Time: time.Now(),
 						Change: Change{ID: r.DocID, Rev: r.Rev, Seq: r.Seq, Deleted: r.Delete},
 					})
 				}
@@ -403,8 +434,7 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 	recorded := 0
 	record := func() error {
 		for ; recorded < len(b.failures); recorded++ {
-			f := b.failures[recorded]
-			if err := retry(ctx, p.log, "record failure", func() error { return p.opts.Errors.Record(ctx, f) }); err != nil {
+			if err := p.recordFailure(ctx, b.failures[recorded]); err != nil {
 				return err
 			}
 		}
@@ -420,6 +450,9 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 		if err := record(); err != nil {
 			return err
 		}
+	}
+	if err := p.clearSucceeded(ctx, b); err != nil {
+		return err
 	}
 	p.Stats.Written.Add(int64(len(b.records)))
 	p.Stats.Failed.Add(int64(len(b.failures)))

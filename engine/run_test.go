@@ -116,17 +116,54 @@ func (m *memCheckpoints) get() string {
 	return m.seq
 }
 
+// memErrors is an in-memory ErrorStore.
 type memErrors struct {
-	mu sync.Mutex
-	fs []Failure
+	mu      sync.Mutex
+	fs      []Failure
+	entries map[string]ErrorEntry // by doc id (one pillow in these tests)
 }
 
-func (m *memErrors) Record(_ context.Context, f Failure) error {
+func (m *memErrors) Record(_ context.Context, f Failure, next func(int) time.Duration) (ErrorEntry, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.fs = append(m.fs, f)
+	if m.entries == nil {
+		m.entries = map[string]ErrorEntry{}
+	}
+	e := m.entries[f.Change.ID]
+	if e.Attempts == 0 {
+		e.FirstFailed = f.Time
+	}
+	e.Pillow, e.DocID, e.Seq, e.Rev, e.Hash, e.Stage, e.Error = f.Pillow, f.Change.ID, f.Change.Seq, f.Change.Rev, f.Hash, f.Stage, f.Err.Error()
+	e.Attempts++
+	e.LastFailed = f.Time
+	e.NextAttempt = time.Time{}
+	if d := next(e.Attempts); d > 0 {
+		e.NextAttempt = f.Time.Add(d)
+	}
+	m.entries[f.Change.ID] = e
+	return e, nil
+}
+
+func (m *memErrors) List(context.Context, string) ([]ErrorEntry, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var es []ErrorEntry
+	for _, e := range m.entries {
+		es = append(es, e)
+	}
+	return es, nil
+}
+
+func (m *memErrors) Clear(_ context.Context, _, id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.entries, id)
 	return nil
 }
+
+func (m *memErrors) Retry(context.Context, string, []string) (int, error) { return 0, nil }
+func (m *memErrors) Purge(context.Context, string, []string) (int, error) { return 0, nil }
 
 func (m *memErrors) ids() []string {
 	m.mu.Lock()
@@ -502,5 +539,117 @@ func TestTransactionalSinkSavesCheckpointLast(t *testing.T) {
 	}
 	if want := []string{"2-before-others-had-2", "0-before-others-had-2"}; !reflect.DeepEqual(tx.order, want) {
 		t.Fatalf("writes %v, want %v", tx.order, want)
+	}
+}
+
+// readerSource is a chanSource whose documents can be read again.
+type readerSource struct {
+	chanSource
+	mu   sync.Mutex
+	docs map[string]map[string]any
+}
+
+func (r *readerSource) ReadDoc(_ context.Context, id string) (Change, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d, ok := r.docs[id]
+	if !ok {
+		return Change{ID: id, Deleted: true}, nil
+	}
+	cp := map[string]any{}
+	for k, v := range d {
+		cp[k] = v
+	}
+	return Change{ID: id, Rev: "2-fixed", Doc: cp}, nil
+}
+
+func (r *readerSource) set(id string, d map[string]any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.docs[id] = d
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestFailedChangeRetriedFromCurrentDocument(t *testing.T) {
+	src := &readerSource{chanSource: chanSource{in: make(chan Change, 4)}, docs: map[string]map[string]any{}}
+	sink := &memSink{}
+	errs := &memErrors{}
+	s := testSpec(t, "", `function transform(doc) { if (doc.bad) throw new Error("bad"); return { ok: doc._id }; }`, src, sink)
+	s.Errors = RetryPolicy{MaxAttempts: 3, Backoff: Duration(30 * time.Millisecond), MaxBackoff: Duration(time.Second), Poll: Duration(10 * time.Millisecond)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- NewPillow(s, RunOptions{Log: quietLog(), Errors: errs}).Run(ctx) }()
+
+	src.set("x", map[string]any{"_id": "x", "bad": true})
+	c := doc("x", "bad", true)
+	c.Seq = "1"
+	src.in <- c
+	waitFor(t, "three failed attempts", func() bool { return len(errs.ids()) == 3 })
+	time.Sleep(100 * time.Millisecond)
+	if n := len(errs.ids()); n != 3 {
+		t.Fatalf("%d attempts, want max_attempts 3", n)
+	}
+	e, _ := errs.List(ctx, "test")
+	if len(e) != 1 || e[0].Attempts != 3 || !e[0].NextAttempt.IsZero() {
+		t.Fatalf("entries: %+v", e)
+	}
+	cancel()
+	<-done
+
+	// A new definition retries what the old one gave up on; the document
+	// is fixed meanwhile, so the retry clears the entry.
+	src.set("x", map[string]any{"_id": "x"})
+	s2 := testSpec(t, "", `function transform(doc) { if (doc.bad) throw new Error("still bad"); return { ok: doc._id, v: 2 }; }`, src, sink)
+	s2.Hash = "new"
+	s2.Errors = s.Errors
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	go func() { done <- NewPillow(s2, RunOptions{Log: quietLog(), Errors: errs}).Run(ctx) }()
+	waitFor(t, "the entry to clear", func() bool { e, _ := errs.List(ctx, "test"); return len(e) == 0 })
+	got := sink.records()
+	if len(got) != 1 || got[0].ID != "x" || got[0].Rev != "2-fixed" {
+		t.Fatalf("records: %+v", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLaterSuccessClearsError(t *testing.T) {
+	errs := &memErrors{}
+	sink := &memSink{}
+	bad := doc("x", "bad", true)
+	good := doc("x")
+	s := testSpec(t, "", `function transform(doc) { if (doc.bad) throw new Error("bad"); return doc; }`, feed(bad, doc("y"), good), sink)
+	s.Batch.Size = 1
+	runToEnd(t, s, RunOptions{Errors: errs})
+	if e, _ := errs.List(context.Background(), "test"); len(e) != 0 {
+		t.Fatalf("entry not cleared by the fixed document: %+v", e)
+	}
+	if len(errs.ids()) != 1 {
+		t.Fatalf("failures: %v", errs.ids())
+	}
+}
+
+func TestRetryPolicyNext(t *testing.T) {
+	r := RetryPolicy{MaxAttempts: 5, Backoff: Duration(time.Second), MaxBackoff: Duration(5 * time.Second)}
+	var got []time.Duration
+	for n := 1; n <= 5; n++ {
+		got = append(got, r.Next(n))
+	}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 0}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("Next = %v, want %v", got, want)
 	}
 }
