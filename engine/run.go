@@ -17,7 +17,7 @@ import (
 
 // RunOptions are the process-wide settings of a running pillow.
 type RunOptions struct {
-	Log    *slog.Logger
+	Log *slog.Logger
 	// Errors overrides where failed changes go; by default the source keeps
 	// them when it implements ErrorStoreProvider, else they are logged.
 	Errors ErrorStore
