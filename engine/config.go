@@ -43,6 +43,9 @@ type Config struct {
 	// Workers is the number of goroutines running filter and transform;
 	// 0 means one per CPU.
 	Workers int `yaml:"workers"`
+	// MaxDocBytes fails documents larger than this (as the feed sends
+	// them) instead of processing them; 0 means no limit.
+	MaxDocBytes int `yaml:"max_doc_bytes"`
 }
 
 // Batch says when a batch is written: at Size changes or Wait after its
@@ -119,6 +122,9 @@ func (c *Config) Validate(ch *Check) {
 	}
 	if c.Workers < 0 {
 		ch.Errorf("workers", "workers must be 0 (one per CPU) or more, got %d", c.Workers)
+	}
+	if c.MaxDocBytes < 0 {
+		ch.Errorf("max_doc_bytes", "max_doc_bytes must be 0 (no limit) or more, got %d", c.MaxDocBytes)
 	}
 	if ch.Has("transform") && ch.Has("transform_file") {
 		ch.Errorf("transform_file", "set either transform or transform_file, not both")

@@ -347,6 +347,10 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 			}
 			continue
 		}
+		if s.MaxDocBytes > 0 && len(c.RawDoc) > s.MaxDocBytes {
+			fail(c, "decode", fmt.Errorf("the document is %d bytes, more than max_doc_bytes (%d)", len(c.RawDoc), s.MaxDocBytes))
+			continue
+		}
 		if c.Doc == nil && c.RawDoc != nil {
 			if err := json.Unmarshal(c.RawDoc, &c.Doc); err != nil {
 				fail(c, "decode", fmt.Errorf("decoding the document: %w", err))

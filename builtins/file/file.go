@@ -181,9 +181,13 @@ func (s *Sink) Open(context.Context) error {
 	if s.cfg.Path == "-" {
 		s.f = os.Stdout
 	} else {
-		f, err := os.OpenFile(s.cfg.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		f, err := os.OpenFile(s.cfg.Path, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o644)
 		if err != nil {
 			return err
+		}
+		if err := dropPartialLine(f); err != nil {
+			f.Close()
+			return fmt.Errorf("%s: %w", s.cfg.Path, err)
 		}
 		s.f = f
 	}
@@ -191,6 +195,33 @@ func (s *Sink) Open(context.Context) error {
 	s.enc = json.NewEncoder(&s.buf)
 	s.enc.SetEscapeHTML(false)
 	return nil
+}
+
+// dropPartialLine truncates what follows the file's last newline: the
+// part of a batch that a crash (kill -9) cut short. Its changes were not
+// checkpointed, so they are written again whole.
+func dropPartialLine(f *os.File) error {
+	st, err := f.Stat()
+	if err != nil || st.Size() == 0 || !st.Mode().IsRegular() {
+		return err
+	}
+	size := st.Size()
+	buf := make([]byte, 64<<10)
+	for end := size; end > 0; {
+		start := max(end-int64(len(buf)), 0)
+		n, err := f.ReadAt(buf[:end-start], start)
+		if err != nil && err != io.EOF {
+			return err
+		}
+		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
+			if keep := start + int64(i) + 1; keep < size {
+				return f.Truncate(keep)
+			}
+			return nil
+		}
+		end = start
+	}
+	return f.Truncate(0)
 }
 
 type line struct {

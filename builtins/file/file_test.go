@@ -119,3 +119,21 @@ func errorsAs(err error, re *engine.RecordErrors) bool {
 	*re = r
 	return ok
 }
+
+func TestSinkDropsPartialLineOnOpen(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "out.jsonl")
+	whole := `{"action":"delete","id":"a"}` + "\n"
+	if err := os.WriteFile(p, []byte(whole+`{"action":"index","id":"b","doc":{"x`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := NewSink(&SinkConfig{Path: p}, engine.BuildContext{})
+	if err := s.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s.Write(context.Background(), []engine.Record{{ID: "c", Delete: true}})
+	s.Close()
+	b, _ := os.ReadFile(p)
+	if want := whole + `{"action":"delete","id":"c"}` + "\n"; string(b) != want {
+		t.Fatalf("file:\n%s\nwant:\n%s", b, want)
+	}
+}

@@ -27,6 +27,7 @@ const usage = `ptop follows CouchDB _changes feeds through pillows into sinks.
 Usage:
   ptop run [DIR] [--pillow NAME]...   run the pillows in DIR (default pipelines/)
   ptop validate [DIR or FILE]...      load and compile pillows; touch no network
+  ptop errors [NAME]                  list failed changes; also: errors retry NAME [ID]..., errors purge [NAME [ID]...]
   ptop version                        print the version
 
 Run 'ptop COMMAND -h' for a command's options.
@@ -46,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stderr)
 	case "validate":
 		return cmdValidate(args[1:], stdout, stderr)
+	case "errors":
+		return cmdErrors(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "ptop", versionString())
 		return 0
