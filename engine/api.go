@@ -148,11 +148,12 @@ type ErrorStore interface {
 	List(ctx context.Context, pillow string) ([]ErrorEntry, error)
 	// Clear removes an entry, if there is one.
 	Clear(ctx context.Context, pillow, docID string) error
-	// Retry makes entries due now (all of pillow's when ids is empty) and
-	// returns how many it changed.
+	// Retry makes entries due now (all of pillow's when ids is empty),
+	// given-up ones included, and returns how many it matched. With pillow
+	// "", ids name documents of every pillow.
 	Retry(ctx context.Context, pillow string, ids []string) (int, error)
-	// Purge removes entries (every pillow's when pillow is "", all of
-	// pillow's when ids is empty) and returns how many.
+	// Purge removes entries (all of pillow's when ids is empty; with pillow
+	// "", those ids of every pillow, or everything) and returns how many.
 	Purge(ctx context.Context, pillow string, ids []string) (int, error)
 }
 

@@ -87,6 +87,9 @@ func (p *Pillow) retrier(ctx context.Context, out chan<- []Change) {
 		now := time.Now()
 		var due []string
 		for _, e := range entries {
+			if e.DocID == "" {
+				continue // an unreadable row: there is no document to read again
+			}
 			switch {
 			case e.Hash != p.Spec.Hash && !tried[e.DocID]:
 				tried[e.DocID] = true

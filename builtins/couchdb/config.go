@@ -1,6 +1,7 @@
 package couchdb
 
 import (
+	"fmt"
 	"net/url"
 	"strings"
 	"time"
@@ -32,15 +33,23 @@ type Config struct {
 	// checkpoint; default "_local/ptop-<pillow name>". A missing "_local/"
 	// prefix is added.
 	CheckpointID string `yaml:"checkpoint_id"`
+	// ErrorsDB is the database, on the same server, of the error store of
+	// the pillows reading from this source (see ErrorStore). It is created
+	// on the first failure. Default "ptop_errors".
+	ErrorsDB string `yaml:"errors_db"`
 }
 
 // DefaultHeartbeat is the heartbeat when none is configured.
 const DefaultHeartbeat = 10 * time.Second
 
+// DefaultErrorsDB is the error store's database when none is configured.
+const DefaultErrorsDB = "ptop_errors"
+
 // SetDefaults implements engine.Defaulter.
 func (c *Config) SetDefaults() {
 	c.Since = "0"
 	c.Heartbeat = engine.Duration(DefaultHeartbeat)
+	c.ErrorsDB = DefaultErrorsDB
 }
 
 // Validate implements engine.Validator.
@@ -74,6 +83,35 @@ func (c *Config) Validate(ch *engine.Check) {
 	if ch.Has("checkpoint_id") && strings.TrimPrefix(c.CheckpointID, "_local/") == "" {
 		ch.Errorf("checkpoint_id", "checkpoint_id must not be empty")
 	}
+	if msg := checkDBName(c.ErrorsDB); msg != "" {
+		ch.Errorf("errors_db", "invalid errors_db %q: %s", c.ErrorsDB, msg)
+	} else if c.ErrorsDB == c.DB {
+		ch.Errorf("errors_db", "errors_db must not be the source's database: its entries would show up in the changes feed")
+	}
+}
+
+// maxDBName is the longest database name CouchDB accepts.
+const maxDBName = 238
+
+// checkDBName returns what is wrong with a CouchDB database name, or "".
+// CouchDB accepts ^[a-z][a-z0-9_$()+/-]*$ (pouchdb-server accepts
+// anything, so the check is ours).
+func checkDBName(name string) string {
+	const rule = "a database name is a lowercase letter followed by lowercase letters, digits and _$()+-/"
+	switch {
+	case name == "":
+		return "must not be empty"
+	case len(name) > maxDBName:
+		return fmt.Sprintf("longer than %d characters", maxDBName)
+	case name[0] < 'a' || name[0] > 'z':
+		return rule
+	}
+	for _, r := range name {
+		if (r < 'a' || r > 'z') && (r < '0' || r > '9') && !strings.ContainsRune("_$()+-/", r) {
+			return rule
+		}
+	}
+	return ""
 }
 
 // checkURL returns what is wrong with a server URL, never repeating its

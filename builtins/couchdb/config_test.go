@@ -48,6 +48,7 @@ func loadSource(t *testing.T, src string) (*engine.Spec, string, error) {
 
 func TestConfigErrors(t *testing.T) {
 	const since = `use "0" (the beginning), "now", or a sequence id such as 42 or "42-g1AAAA…"`
+	const dbName = `a database name is a lowercase letter followed by lowercase letters, digits and _$()+-/`
 	tests := []struct {
 		name, src string
 		want      []string // "line:col: message", in order
@@ -73,6 +74,15 @@ func TestConfigErrors(t *testing.T) {
 		{"url scheme", "url: ftp://me:s3cret@h\ndb: x", []string{`4:10: invalid url "ftp://me:xxxxx@h": use http:// or https://`}},
 		{"url no host", "url: \"http:///x\"\ndb: x", []string{`4:10: invalid url "http:///x": no host`}},
 		{"url unparsable", "url: \"http://me:s3cret@h:port\"\ndb: x", []string{`4:10: invalid url: invalid port ":port" after host`}},
+		{"errors_db with a space", "url: http://h:5984\ndb: x\nerrors_db: Bad Name", []string{`6:16: invalid errors_db "Bad Name": ` + dbName}},
+		{"errors_db uppercase", "url: http://h:5984\ndb: x\nerrors_db: Errors", []string{`6:16: invalid errors_db "Errors": ` + dbName}},
+		{"errors_db starting with _", "url: http://h:5984\ndb: x\nerrors_db: _users", []string{`6:16: invalid errors_db "_users": ` + dbName}},
+		{"errors_db starting with a digit", "url: http://h:5984\ndb: x\nerrors_db: \"1x\"", []string{`6:16: invalid errors_db "1x": ` + dbName}},
+		{"errors_db empty", "url: http://h:5984\ndb: x\nerrors_db: \"\"", []string{`6:16: invalid errors_db "": must not be empty`}},
+		{"errors_db too long", "url: http://h:5984\ndb: x\nerrors_db: " + strings.Repeat("e", 239),
+			[]string{`6:16: invalid errors_db "` + strings.Repeat("e", 239) + `": longer than 238 characters`}},
+		{"errors_db is db", "url: http://h:5984\ndb: cases\nerrors_db: cases",
+			[]string{`6:16: errors_db must not be the source's database: its entries would show up in the changes feed`}},
 		{"unknown key", "url: http://h:5984\ndb: x\nheartbeats: 1s", []string{`6:5: unknown key "heartbeats" (did you mean "heartbeat"?)`}},
 		{"several", "db: x\nsince: later\nheartbeat: 0s", []string{
 			`4:5: missing required key "url"`,
@@ -107,13 +117,13 @@ func TestConfigValid(t *testing.T) {
 		want      Config
 	}{
 		{"defaults", "url: http://h:5984\ndb: x", Config{
-			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second)}},
+			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors"}},
 		{"since 0 as a number", "url: http://h:5984\ndb: x\nsince: 0", Config{
-			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second)}},
+			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors"}},
 		{"since integer", "url: http://h:5984\ndb: x\nsince: 42", Config{
-			URL: "http://h:5984", DB: "x", Since: "42", Heartbeat: engine.Duration(10 * time.Second)}},
+			URL: "http://h:5984", DB: "x", Since: "42", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors"}},
 		{"since string seq", "url: http://h:5984\ndb: x\nsince: 12-g1AAAAB5eJzL", Config{
-			URL: "http://h:5984", DB: "x", Since: "12-g1AAAAB5eJzL", Heartbeat: engine.Duration(10 * time.Second)}},
+			URL: "http://h:5984", DB: "x", Since: "12-g1AAAAB5eJzL", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors"}},
 		{"everything", `url: https://u:p@h/couch
 db: x
 since: now
@@ -122,10 +132,13 @@ heartbeat: 500ms
 checkpoint_id: mine`, Config{
 			URL: "https://u:p@h/couch", DB: "x", Since: "now",
 			Selector:  map[string]any{"type": "a", "n": map[string]any{"$gt": 2}, "tags": []any{"x", "y"}},
-			Heartbeat: engine.Duration(500 * time.Millisecond), CheckpointID: "mine"}},
+			Heartbeat: engine.Duration(500 * time.Millisecond), CheckpointID: "mine", ErrorsDB: "ptop_errors"}},
 		{"filter", "url: http://h:5984\ndb: x\nfilter: app/by_type\nparams: {type: 3}", Config{
 			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second),
-			Filter: "app/by_type", Params: map[string]string{"type": "3"}}},
+			Filter: "app/by_type", Params: map[string]string{"type": "3"}, ErrorsDB: "ptop_errors"}},
+		{"errors_db", "url: http://h:5984\ndb: x\nerrors_db: pillows/errors_2+(a)-$", Config{
+			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second),
+			ErrorsDB: "pillows/errors_2+(a)-$"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

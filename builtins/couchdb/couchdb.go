@@ -12,6 +12,7 @@
 //	    # params: {type: case}     # ... and its query parameters
 //	    heartbeat: 10s             # default 10s; a feed silent for 3 heartbeats is reconnected
 //	    checkpoint_id: _local/ptop-case-search   # default _local/ptop-<pillow name>
+//	    errors_db: ptop_errors     # default ptop_errors; the error store's database
 //
 // Credentials come from the URL's userinfo or, when it has none, from the
 // environment variables COUCH_USER and COUCH_PASSWORD. They are sent with
@@ -26,6 +27,11 @@
 // the feed then starts again from the beginning (delivery is at least once);
 // CouchDB 2+ rewinds opaque sequences of unknown shards itself, so for
 // those it is only logged.
+//
+// The source keeps the error store of its pillows (engine.ErrorStoreProvider)
+// in the database errors_db of the same server, created on the first
+// failure, one document "<pillow>:<document id>" per failed document, and
+// reads documents again for their retries (engine.DocReader).
 //
 // A wrong password, a refused access or a missing database at start are
 // errors that stop the source; network errors, server errors and stalls are
@@ -64,10 +70,11 @@ type Source struct {
 	cfg      Config
 	pillow   string
 	log      *slog.Logger
-	dsn      string // the server URL without userinfo
-	display  string // the database's URL for messages, password redacted
-	password string // to scrub from messages; "" when none
-	userinfo string // "user:pass@" as written in the URL, to scrub too
+	dsn      string  // the server URL without userinfo
+	display  string  // the database's URL for messages, password redacted
+	shown    url.URL // the server's URL for messages (see displayDB)
+	password string  // to scrub from messages; "" when none
+	userinfo string  // "user:pass@" as written in the URL, to scrub too
 
 	client *kivik.Client
 	db     *kivik.DB
@@ -108,13 +115,11 @@ func New(cfg *Config, bc engine.BuildContext) (engine.Source, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	shown := *u
+	s.shown = *u
 	if user != "" && !hasUser {
-		shown.User = url.User(user) // name who connects, from the environment
+		s.shown.User = url.User(user) // name who connects, from the environment
 	}
-	shown.Path = strings.TrimSuffix(shown.Path, "/") + "/" + cfg.DB
-	shown.RawPath = ""
-	s.display = shown.Redacted()
+	s.display = s.displayDB(cfg.DB)
 	bare := *u
 	bare.User = nil
 	s.dsn = bare.String()
@@ -137,6 +142,15 @@ func New(cfg *Config, bc engine.BuildContext) (engine.Source, error) {
 		return nil, s.errorf("%w", err)
 	}
 	return s, nil
+}
+
+// displayDB is the URL of database db of the source's server, for
+// messages: the password redacted.
+func (s *Source) displayDB(db string) string {
+	shown := s.shown
+	shown.Path = strings.TrimSuffix(shown.Path, "/") + "/" + db
+	shown.RawPath = ""
+	return shown.Redacted()
 }
 
 // rawUserinfo returns "user:pass@" as written in a URL, or "".
@@ -321,6 +335,8 @@ func (s *Source) describe(err error) error {
 
 // Interface guards.
 var (
-	_ engine.Source          = (*Source)(nil)
-	_ engine.CheckpointStore = (*Source)(nil)
+	_ engine.Source             = (*Source)(nil)
+	_ engine.CheckpointStore    = (*Source)(nil)
+	_ engine.ErrorStoreProvider = (*Source)(nil)
+	_ engine.DocReader          = (*Source)(nil)
 )

@@ -23,6 +23,9 @@ func newTestSource(t testing.TB, cfg Config) *Source {
 	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = def.Heartbeat
 	}
+	if cfg.ErrorsDB == "" {
+		cfg.ErrorsDB = def.ErrorsDB
+	}
 	src, err := New(&cfg, engine.BuildContext{Pillow: "test", Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
