@@ -51,6 +51,19 @@ type Pillow struct {
 	// failed holds the ids of documents with an entry in the error store,
 	// so that a later success clears it. Only the write stage uses it.
 	failed map[string]bool
+	// down holds, by sink name, the error of a sink that is failing whole
+	// batches: the pillow is unhealthy until it recovers.
+	down sync.Map
+}
+
+// Health reports whether the pillow's sinks are taking its batches, and if
+// not, why.
+func (p *Pillow) Health() (ok bool, reasons []string) {
+	p.down.Range(func(k, v any) bool {
+		reasons = append(reasons, fmt.Sprintf("sink %s: %v", k, v))
+		return true
+	})
+	return len(reasons) == 0, reasons
 }
 
 // NewPillow prepares spec to run.
@@ -408,7 +421,12 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 					})
 				}
 				mu.Unlock()
-				return nil
+				err = nil
+			}
+			if err != nil {
+				p.down.Store(o.Name, err)
+			} else {
+				p.down.Delete(o.Name)
 			}
 			return err
 		})

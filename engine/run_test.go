@@ -404,7 +404,31 @@ func TestCheckpointWaitsForSink(t *testing.T) {
 	sink := &memSink{fail: 2}
 	cps := &memCheckpoints{}
 	s := testSpec(t, "", "", feed(doc("a"), doc("b")), sink)
-	runToEnd(t, s, RunOptions{Checkpoints: cps})
+	p := NewPillow(s, RunOptions{Checkpoints: cps, Log: quietLog()})
+	sawDown := make(chan []string, 1)
+	go func() {
+		for {
+			if ok, why := p.Health(); !ok {
+				sawDown <- why
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	if err := p.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case why := <-sawDown:
+		if len(why) != 1 || why[0] != "sink mem#0: sink down" {
+			t.Errorf("unhealthy because %v", why)
+		}
+	case <-time.After(time.Second):
+		t.Error("the pillow never reported itself unhealthy while its sink was down")
+	}
+	if ok, why := p.Health(); !ok {
+		t.Errorf("still unhealthy after the sink recovered: %v", why)
+	}
 	if len(sink.records()) != 2 {
 		t.Fatalf("records = %v", sink.records())
 	}
