@@ -4,4 +4,5 @@ package main
 import (
 	_ "github.com/dimagi/ptop/builtins/couchdb"
 	_ "github.com/dimagi/ptop/builtins/file"
+	_ "github.com/dimagi/ptop/builtins/tcp"
 )

@@ -31,7 +31,7 @@ func TestValidateShippedPipelines(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	if !strings.HasPrefix(out, "3 pillows OK: case-search, forms, households") {
+	if !strings.HasPrefix(out, "4 pillows OK: case-search, cases-tcp, forms, households") {
 		t.Fatalf("stdout: %q", out)
 	}
 }
