@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 	"time"
 
@@ -228,54 +227,7 @@ func IsPillowFile(name string) bool {
 // whose pillow files (*.yaml, *.yml, but not *.test.yaml) are loaded. It
 // touches no network. Every problem in every file is reported, as Errors.
 func Load(paths ...string) ([]*Spec, error) {
-	var errs Errors
-	var files []string
-	for _, p := range paths {
-		st, err := os.Stat(p)
-		if err != nil {
-			errs.Add(Pos{File: p}, "%v", unwrapPathErr(err))
-			continue
-		}
-		if !st.IsDir() {
-			files = append(files, p)
-			continue
-		}
-		ents, err := os.ReadDir(p)
-		if err != nil {
-			errs.Add(Pos{File: p}, "%v", unwrapPathErr(err))
-			continue
-		}
-		n := len(files)
-		for _, e := range ents {
-			if !e.IsDir() && IsPillowFile(e.Name()) {
-				files = append(files, filepath.Join(p, e.Name()))
-			}
-		}
-		if len(files) == n {
-			errs.Add(Pos{File: p}, "no pillow files (*.yaml) in directory")
-		}
-	}
-	var specs []*Spec
-	byName := map[string]*Spec{}
-	for _, f := range files {
-		s, err := LoadFile(f)
-		errs.Append(Pos{File: f}, err)
-		if s == nil {
-			continue
-		}
-		if prev, dup := byName[s.Name]; dup {
-			errs.Add(s.namePos, "pillow name %q is already used at %s", s.Name, prev.namePos)
-			errs.Add(prev.namePos, "pillow name %q is used again at %s", s.Name, s.namePos)
-			continue
-		}
-		byName[s.Name] = s
-		specs = append(specs, s)
-	}
-	if err := errs.Err(); err != nil {
-		return nil, err
-	}
-	sort.Slice(specs, func(i, j int) bool { return specs[i].Name < specs[j].Name })
-	return specs, nil
+	return LoadWith(LoadOptions{}, paths...)
 }
 
 func unwrapPathErr(err error) error {

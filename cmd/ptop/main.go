@@ -28,6 +28,8 @@ Usage:
   ptop run [DIR] [--pillow NAME]...   run the pillows in DIR (default pipelines/)
   ptop validate [DIR or FILE]...      load and compile pillows; touch no network
   ptop errors [NAME]                  list failed changes; also: errors retry NAME [ID]..., errors purge [NAME [ID]...]
+  ptop test [DIR] [-v]                run the examples in NAME.test.yaml beside each pillow NAME.yaml
+  ptop schema                         print the JSON Schema of a pillow file, for editors
   ptop version                        print the version
 
 Run 'ptop COMMAND -h' for a command's options.
@@ -49,6 +51,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdValidate(args[1:], stdout, stderr)
 	case "errors":
 		return cmdErrors(args[1:], stdout, stderr)
+	case "test":
+		return cmdTest(args[1:], stdout, stderr)
+	case "schema":
+		return cmdSchema(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "ptop", versionString())
 		return 0
