@@ -172,6 +172,30 @@ type DocReader interface {
 	ReadDoc(ctx context.Context, id string) (Change, error)
 }
 
+// FeedStatus is implemented by sources that follow a live feed, so that
+// health checks can tell a quiet feed from a dead one.
+type FeedStatus interface {
+	// LastActivity is when the feed last sent anything, a change or a
+	// heartbeat; zero before it first connects.
+	LastActivity() time.Time
+	// StallAfter is how long a live feed may stay silent.
+	StallAfter() time.Duration
+}
+
+// PendingCounter is implemented by sources that can tell how far behind a
+// position is.
+type PendingCounter interface {
+	// Pending returns how many changes follow since (for CouchDB 2+ an
+	// estimate from the sequence ids' numeric prefixes).
+	Pending(ctx context.Context, since string) (int64, error)
+}
+
+// CheckpointTimer is implemented by checkpoint stores that know when a
+// checkpoint was saved.
+type CheckpointTimer interface {
+	CheckpointTime(ctx context.Context, pillow string) (time.Time, error)
+}
+
 // LogErrorStore only logs failures, at error level: for sources that keep
 // no error store (the file source). Its logger is expected to name the
 // pillow. Nothing is retried.

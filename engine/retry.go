@@ -20,6 +20,7 @@ func (p *Pillow) loadFailed(ctx context.Context) error {
 	for _, e := range entries {
 		p.failed[e.DocID] = true
 	}
+	p.errCount.Store(int64(len(entries)))
 	if len(entries) > 0 {
 		p.log.Info("failed changes waiting in the error store", "count", len(entries))
 	}
@@ -36,6 +37,7 @@ func (p *Pillow) recordFailure(ctx context.Context, f Failure) error {
 		}
 		if _, logged := p.errs.(LogErrorStore); !logged {
 			p.failed[f.Change.ID] = true
+			p.errCount.Store(int64(len(p.failed)))
 			if e.NextAttempt.IsZero() {
 				p.log.Error("change failed; giving up after the last attempt", "id", f.Change.ID, "attempts", e.Attempts, "stage", f.Stage, "error", f.Err)
 			} else {
@@ -66,6 +68,7 @@ func (p *Pillow) clearSucceeded(ctx context.Context, b *batch) error {
 			return err
 		}
 		delete(p.failed, c.ID)
+		p.errCount.Store(int64(len(p.failed)))
 		p.log.Info("failed change now processed; error cleared", "id", c.ID)
 	}
 	return nil
@@ -83,6 +86,8 @@ func (p *Pillow) retrier(ctx context.Context, out chan<- []Change) {
 		entries, err := p.errs.List(ctx, p.Spec.Name)
 		if err != nil && ctx.Err() == nil {
 			p.log.Warn("reading the error store for retries", "error", err)
+		} else if err == nil {
+			p.errCount.Store(int64(len(entries)))
 		}
 		now := time.Now()
 		var due []string

@@ -24,6 +24,9 @@ type RunOptions struct {
 	// Checkpoints overrides where the position is kept; by default the
 	// source keeps it when it implements CheckpointStore, else nowhere.
 	Checkpoints CheckpointStore
+	// Metrics counts what the pillows do; nil counts into metrics that are
+	// registered nowhere.
+	Metrics *Metrics
 	// DrainTimeout bounds the flush after ctx is cancelled: what is not
 	// written by then is not checkpointed either, and is read again on the
 	// next start. Default 10s.
@@ -54,6 +57,21 @@ type Pillow struct {
 	// down holds, by sink name, the error of a sink that is failing whole
 	// batches: the pillow is unhealthy until it recovers.
 	down sync.Map
+	// errCount is the size of the pillow's error store, as last known.
+	errCount atomic.Int64
+	// startTime and checkpointTime are Unix nanoseconds.
+	startTime, checkpointTime atomic.Int64
+	lastSeqNum                int64 // numeric prefix of the last seq seen, for rewinds; batcher only
+}
+
+func (p *Pillow) started() time.Time      { return unixNano(p.startTime.Load()) }
+func (p *Pillow) checkpointed() time.Time { return unixNano(p.checkpointTime.Load()) }
+
+func unixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
 }
 
 // Health reports whether the pillow's sinks are taking its batches, and if
@@ -73,6 +91,9 @@ func NewPillow(spec *Spec, opts RunOptions) *Pillow {
 	}
 	if opts.DrainTimeout == 0 {
 		opts.DrainTimeout = 10 * time.Second
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics(nil)
 	}
 	log := opts.Log.With("pillow", spec.Name)
 	p := &Pillow{Spec: spec, opts: opts, log: log, cps: opts.Checkpoints, errs: opts.Errors}
@@ -130,6 +151,8 @@ func (p *Pillow) Run(ctx context.Context) error {
 	})
 	defer stopDrain()
 
+	p.startTime.Store(time.Now().UnixNano())
+	p.lastSeqNum = -1
 	since := ""
 	if p.cps != nil {
 		var err error
@@ -140,6 +163,7 @@ func (p *Pillow) Run(ctx context.Context) error {
 		if err != nil {
 			return startErr(s.Name, "loading the checkpoint", err)
 		}
+		p.Stats.Checkpoint.Store(since)
 	}
 	for _, o := range s.outputs {
 		if err := retry(ctx, p.log.With("sink", o.Name), "open sink", func() error { return o.Sink.Open(ctx) }); err != nil {
@@ -188,12 +212,17 @@ func (p *Pillow) Run(ctx context.Context) error {
 		if b.retry {
 			continue
 		}
-		if b.lastSeq != "" && p.cps != nil && p.txSink == "" {
+		if b.lastSeq == "" || p.cps == nil {
+			continue
+		}
+		if p.txSink == "" {
 			if err := p.cps.SaveCheckpoint(work, s.Name, b.lastSeq); err != nil {
 				p.log.Warn("checkpoint not saved; the next one will cover it", "seq", b.lastSeq, "error", err)
+				continue
 			}
 		}
 		p.Stats.Checkpoint.Store(b.lastSeq)
+		p.checkpointTime.Store(time.Now().UnixNano())
 	}
 	if writeErr != nil {
 		p.log.Warn("stopped before everything read was written; it is read again on the next start", "error", writeErr)
@@ -252,6 +281,7 @@ func (p *Pillow) batcher(in <-chan Change, retries <-chan []Change, out chan<- *
 			cur.changes = append(cur.changes, c)
 			if c.Seq != "" {
 				cur.lastSeq = c.Seq
+				p.checkRewind(c.Seq)
 			}
 			if len(cur.changes) >= size {
 				flush()
@@ -262,6 +292,20 @@ func (p *Pillow) batcher(in <-chan Change, retries <-chan []Change, out chan<- *
 			out <- &batch{changes: cs, retry: true}
 		}
 	}
+}
+
+// checkRewind notices a feed whose sequence goes backwards by its numeric
+// prefix: a CouchDB cluster failover, or a restored database.
+func (p *Pillow) checkRewind(seq string) {
+	n := seqNumber(seq)
+	if n < 0 {
+		return
+	}
+	if n < p.lastSeqNum {
+		p.log.Warn("sequence rewind: the feed went back", "from", p.lastSeqNum, "to", seq)
+		p.opts.Metrics.rewinds.WithLabelValues(p.Spec.Name).Inc()
+	}
+	p.lastSeqNum = n
 }
 
 // worker holds what one goroutine needs to run filter and transform.
@@ -335,6 +379,10 @@ func (p *Pillow) process(ws []*worker, b *batch) {
 	}
 	p.Stats.Seen.Add(int64(len(b.changes)))
 	p.Stats.Filtered.Add(int64(b.filtered))
+	m, name := p.opts.Metrics, p.Spec.Name
+	m.changes.WithLabelValues(name, "seen").Add(float64(len(b.changes)))
+	m.changes.WithLabelValues(name, "filtered").Add(float64(b.filtered))
+	m.batchSize.WithLabelValues(name).Observe(float64(len(b.changes)))
 }
 
 func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Failure, filtered int) {
@@ -403,6 +451,10 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 func (p *Pillow) write(ctx context.Context, b *batch) error {
 	var mu sync.Mutex
 	writeTo := func(o NamedSink) error {
+		start := time.Now()
+		defer func() {
+			p.opts.Metrics.writeSeconds.WithLabelValues(p.Spec.Name, o.Name).Observe(time.Since(start).Seconds())
+		}()
 		return retry(ctx, p.log.With("sink", o.Name), "write", func() error {
 			var err error
 			if ts, ok := o.Sink.(TransactionalSink); ok && o.Name == p.txSink {
@@ -411,7 +463,10 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 				err = o.Sink.Write(ctx, b.records)
 			}
 			var re RecordErrors
-			if errors.As(err, &re) {
+			if err == nil {
+				p.opts.Metrics.records.WithLabelValues(p.Spec.Name, o.Name).Add(float64(len(b.records)))
+			} else if errors.As(err, &re) {
+				p.opts.Metrics.records.WithLabelValues(p.Spec.Name, o.Name).Add(float64(len(b.records) - len(re)))
 				mu.Lock()
 				for _, e := range re {
 					r := b.records[e.Index]
@@ -478,6 +533,13 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 	}
 	p.Stats.Written.Add(int64(len(b.records)))
 	p.Stats.Failed.Add(int64(len(b.failures)))
+	m, name := p.opts.Metrics, p.Spec.Name
+	failedDocs := map[string]bool{}
+	for _, f := range b.failures {
+		failedDocs[f.Change.ID] = true
+	}
+	m.changes.WithLabelValues(name, "failed").Add(float64(len(b.failures)))
+	m.changes.WithLabelValues(name, "processed").Add(float64(max(len(b.changes)-b.filtered-len(failedDocs), 0)))
 	p.Stats.Batches.Add(1)
 	return nil
 }

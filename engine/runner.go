@@ -44,6 +44,9 @@ func NewRunner(opts RunOptions) *Runner {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics(nil)
+	}
 	return &Runner{opts: opts, log: opts.Log, running: map[string]*instance{}, ended: make(chan struct{}, 1)}
 }
 
@@ -101,6 +104,7 @@ func (r *Runner) Apply(specs []*Spec) *Reload {
 		sort.Strings(l)
 	}
 	r.last = res
+	r.opts.Metrics.reload(res)
 	return res
 }
 
@@ -114,6 +118,7 @@ func (r *Runner) Refused(err error) *Reload {
 	}
 	sort.Strings(res.Unchanged)
 	r.last = res
+	r.opts.Metrics.reload(res)
 	return res
 }
 

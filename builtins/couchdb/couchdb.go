@@ -191,6 +191,43 @@ func (s *Source) LastActivity() time.Time {
 	return time.Unix(0, n)
 }
 
+// StallAfter implements engine.FeedStatus: a feed silent for this long
+// (three heartbeats, and a little more for the reconnect) is not alive.
+func (s *Source) StallAfter() time.Duration {
+	return (stallBeats+1)*s.cfg.Heartbeat.D() + 2*time.Second
+}
+
+// Pending implements engine.PendingCounter: the database's update
+// sequence minus since, by their numeric prefixes (for CouchDB 2+, whose
+// prefixes are sums over shards, an estimate).
+func (s *Source) Pending(ctx context.Context, since string) (int64, error) {
+	st, err := s.db.Stats(ctx)
+	if err != nil {
+		return 0, s.errorf("looking up the database: %w", s.describe(err))
+	}
+	have, at := seqNumber(st.UpdateSeq), seqNumber(since)
+	if have < 0 || at < 0 {
+		return 0, s.errorf("cannot compare sequence ids %q and %q", st.UpdateSeq, since)
+	}
+	return max(have-at, 0), nil
+}
+
+// CheckpointTime implements engine.CheckpointTimer.
+func (s *Source) CheckpointTime(ctx context.Context, pillow string) (time.Time, error) {
+	var cp checkpoint
+	if err := s.db.Get(ctx, s.checkpointID(pillow)).ScanDoc(&cp); err != nil {
+		if kivik.HTTPStatus(err) == http.StatusNotFound {
+			return time.Time{}, nil
+		}
+		return time.Time{}, s.errorf("loading checkpoint: %w", s.describe(err))
+	}
+	t, err := time.Parse(time.RFC3339, cp.UpdatedAt)
+	if err != nil {
+		return time.Time{}, nil
+	}
+	return t, nil
+}
+
 // checkpointID is the _local document holding pillow's checkpoint.
 func (s *Source) checkpointID(pillow string) string {
 	id := s.cfg.CheckpointID
@@ -335,6 +372,9 @@ func (s *Source) describe(err error) error {
 
 // Interface guards.
 var (
+	_ engine.FeedStatus         = (*Source)(nil)
+	_ engine.PendingCounter     = (*Source)(nil)
+	_ engine.CheckpointTimer    = (*Source)(nil)
 	_ engine.Source             = (*Source)(nil)
 	_ engine.CheckpointStore    = (*Source)(nil)
 	_ engine.ErrorStoreProvider = (*Source)(nil)

@@ -27,6 +27,7 @@ const usage = `ptop follows CouchDB _changes feeds through pillows into sinks.
 Usage:
   ptop run [DIR] [--pillow NAME]...   run the pillows in DIR (default pipelines/)
   ptop validate [DIR or FILE]...      load and compile pillows; touch no network
+  ptop status [DIR]                   checkpoint, pending changes and failed changes per pillow
   ptop errors [NAME]                  list failed changes; also: errors retry NAME [ID]..., errors purge [NAME [ID]...]
   ptop test [DIR] [-v]                run the examples in NAME.test.yaml beside each pillow NAME.yaml
   ptop schema                         print the JSON Schema of a pillow file, for editors
@@ -51,6 +52,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdValidate(args[1:], stdout, stderr)
 	case "errors":
 		return cmdErrors(args[1:], stdout, stderr)
+	case "status":
+		return cmdStatus(args[1:], stdout, stderr)
 	case "test":
 		return cmdTest(args[1:], stdout, stderr)
 	case "schema":
@@ -179,6 +182,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	drain := fs.Duration("drain-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to keep flushing before exiting")
+	httpAddr := fs.String("http", "127.0.0.1:9180", "serve /metrics, /healthz and /status on this address (empty: no listener)")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return 2
@@ -225,7 +229,17 @@ func cmdRun(args []string, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	log.Info("ptop starting", "version", versionString(), "pillows", specNames(specs))
-	runner := engine.NewRunner(engine.RunOptions{Log: log, DrainTimeout: *drain})
+	reg, metrics := newRegistry()
+	runner := engine.NewRunner(engine.RunOptions{Log: log, DrainTimeout: *drain, Metrics: metrics})
+	if *httpAddr != "" {
+		srv, addr, err := serveHTTP(*httpAddr, runner, reg, log)
+		if err != nil {
+			fmt.Fprintf(stderr, "ptop run: --http: %v\n", err)
+			return 1
+		}
+		defer srv.Close()
+		log.Info("serving /metrics, /healthz and /status", "addr", addr.String())
+	}
 	runner.Apply(specs)
 
 	// SIGHUP re-reads the directory; reloads run one at a time.

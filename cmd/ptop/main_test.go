@@ -11,7 +11,7 @@ import (
 func ptop(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var o, e bytes.Buffer
-	code = run(args, &o, &e)
+	code = run(testArgs(args), &o, &e)
 	return code, o.String(), e.String()
 }
 
@@ -110,4 +110,18 @@ func TestRunFailsOnMissingInput(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "missing.jsonl: no such file or directory") {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
+}
+
+// testArgs gives `ptop run` in tests an HTTP listener on a free port, so
+// that concurrent runs do not fight over the default one.
+func testArgs(args []string) []string {
+	if len(args) == 0 || args[0] != "run" {
+		return args
+	}
+	for _, a := range args {
+		if strings.HasPrefix(a, "--http") || strings.HasPrefix(a, "-http") {
+			return args
+		}
+	}
+	return append(append([]string(nil), args...), "--http", "127.0.0.1:0")
 }
