@@ -74,3 +74,60 @@ http_ok() {
 		node -e 'fetch(process.argv[1], {signal: AbortSignal.timeout(2000)}).then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))' "$1"
 	fi
 }
+
+# ensure_opensearch [NAME...]: fetch (mvn, from Maven Central) and unpack the pinned
+# search servers of tools/opensearch/servers.txt if missing, under a lock shared
+# with internal/testenv; default: all of them (the Elasticsearch sink's tests run
+# against each). Sets OPENSEARCH_HOME to the OpenSearch install when it is among them.
+# Needs java (17) and mvn; see tools/opensearch/install.sh.
+ensure_opensearch() {
+	local names=("$@") name home
+	if ((${#names[@]} == 0)); then
+		mapfile -t names < <(awk '!/^#/ && NF { print $1 }' "$PTOP_ROOT/tools/opensearch/servers.txt")
+	fi
+	for name in "${names[@]}"; do
+		home=$(bash "$PTOP_ROOT/tools/opensearch/install.sh" "$name") || die "could not install the $name server (tools/opensearch/install.sh)"
+		# shellcheck disable=SC2034 # used by the scripts that source this file
+		if [[ $name == opensearch ]]; then OPENSEARCH_HOME=$home; fi
+	done
+}
+
+# pg_bindir: print the directory holding PostgreSQL's initdb and postgres:
+# $PTOP_PG_BINDIR, else that of the initdb on PATH (symlinks resolved), else the
+# newest /usr/lib/postgresql/*/bin (Debian keeps them off PATH). internal/testenv
+# searches the same way.
+pg_bindir() {
+	local f d
+	if [[ -n ${PTOP_PG_BINDIR:-} ]]; then
+		[[ -x $PTOP_PG_BINDIR/initdb && -x $PTOP_PG_BINDIR/postgres ]] || return 1
+		printf '%s\n' "$PTOP_PG_BINDIR"
+		return 0
+	fi
+	if f=$(command -v initdb 2>/dev/null); then
+		for d in "$(dirname "$(readlink -f "$f")")" "$(dirname "$f")"; do
+			if [[ -x $d/postgres ]]; then printf '%s\n' "$d"; return 0; fi
+		done
+	fi
+	while read -r d; do
+		if [[ -x $d/initdb && -x $d/postgres ]]; then printf '%s\n' "$d"; return 0; fi
+	done < <(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin 2>/dev/null | sort -t/ -k5,5nr)
+	return 1
+}
+
+# ensure_postgres: install PostgreSQL from Debian's packages (postgresql-15, else
+# postgresql) when initdb cannot be found; sets PG_BINDIR. The tests (through
+# internal/testenv) and services.sh make their own throwaway clusters with it.
+# shellcheck disable=SC2034 # PG_BINDIR is used by the scripts that source this file
+ensure_postgres() {
+	local sudo=()
+	if PG_BINDIR=$(pg_bindir); then return 0; fi
+	[[ -z ${PTOP_PG_BINDIR:-} ]] || die "PTOP_PG_BINDIR=$PTOP_PG_BINDIR has no initdb and postgres"
+	command -v apt-get >/dev/null || die "PostgreSQL (initdb) not found and no apt-get to install it: install PostgreSQL 15"
+	if [[ $EUID -ne 0 ]]; then sudo=(sudo); fi
+	log "installing PostgreSQL: apt-get update && apt-get install -y postgresql-15"
+	"${sudo[@]}" apt-get update >&2 || die "apt-get update failed"
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-15 >&2 ||
+		"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql >&2 ||
+		die "apt-get install postgresql failed"
+	PG_BINDIR=$(pg_bindir) || die "PostgreSQL was installed, but initdb is not in /usr/lib/postgresql/*/bin"
+}

@@ -15,6 +15,10 @@
 #   COUCH_DATA_DIR  keep databases in this directory (pouchdb-server --dir, LevelDB);
 #                   default: --in-memory, so every `up` after a `down` starts empty
 #   PTOP_POUCHDB_BIN  use this pouchdb-server binary instead of tools/pouchdb's
+#   PG_PORT         port for PostgreSQL (default: a free port)
+#   PG_DATA_DIR     keep the PostgreSQL cluster in this directory; default: a fresh
+#                   throwaway cluster at every `up`
+#   PTOP_PG_BINDIR  use the PostgreSQL binaries (initdb, postgres) of this directory
 #
 # Go integration tests do not use this script: they start their own servers
 # through internal/testenv.
@@ -27,8 +31,7 @@ START_TIMEOUT=30 # seconds until a server must answer
 
 # Services in start order; `down` goes in reverse. Each NAME has the functions
 # NAME_up (start if needed, then print its exports), NAME_down, NAME_running and NAME_env.
-SERVICES=(couch)
-# Later: SERVICES=(couch opensearch postgres), see the placeholders at the end.
+SERVICES=(couch opensearch postgres)
 
 # ---------------------------------------------------------------------------
 # process helpers (PID files)
@@ -169,15 +172,205 @@ couch_down() {
 }
 
 # ---------------------------------------------------------------------------
-# Elasticsearch protocol: OpenSearch integ-test-zip (ES_URL) -- not implemented yet.
-# Add opensearch_up / opensearch_down / opensearch_running / opensearch_env here,
-# modelled on the couch_* functions (state in $STATE/opensearch.*), and append
-# "opensearch" to SERVICES.
+# Elasticsearch protocol: OpenSearch 2.19 integ-test-zip (ES_URL), pinned in
+# tools/opensearch/servers.txt. Single node, 512 MB heap, no security plugin, a
+# fresh data dir at every `up`. OPENSEARCH_PORT picks the HTTP port. OpenSearch
+# refuses to run as root: as root it runs as PTOP_SEARCH_USER (default nobody).
+
+OPENSEARCH_PID=$STATE/opensearch.pid
+OPENSEARCH_PORTFILE=$STATE/opensearch.port
+OPENSEARCH_DIRFILE=$STATE/opensearch.dir # holds the path of its config, data and logs
+OPENSEARCH_LOG=$STATE/opensearch.log
+
+opensearch_url() { printf 'http://127.0.0.1:%s' "$(<"$OPENSEARCH_PORTFILE")"; }
+
+opensearch_running() {
+	pidfile_pid "$OPENSEARCH_PID" >/dev/null && [[ -f $OPENSEARCH_PORTFILE ]] &&
+		http_ok "$(opensearch_url)/_cluster/health"
+}
+
+opensearch_env() { printf 'export ES_URL=%s\n' "$(opensearch_url)"; }
+
+opensearch_up() {
+	local port tport dir java_home user runner=()
+	if opensearch_running; then
+		log "opensearch already running (pid $(<"$OPENSEARCH_PID"), $(opensearch_url))"
+		opensearch_env
+		return 0
+	fi
+	opensearch_down # a stale or unhealthy leftover
+
+	ensure_opensearch opensearch
+	command -v java >/dev/null || die "java not found in PATH (OpenSearch needs Java 17)"
+	java_home=${JAVA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")}
+	dir=$STATE/opensearch
+	if [[ $EUID -eq 0 ]]; then
+		user=${PTOP_SEARCH_USER:-nobody}
+		id -u "$user" >/dev/null 2>&1 || die "user $user does not exist (set PTOP_SEARCH_USER to an unprivileged user)"
+		command -v setpriv >/dev/null || die "setpriv not found (util-linux): needed to run OpenSearch as $user"
+		runner=(setpriv --reuid="$(id -u "$user")" --regid="$(id -g "$user")" --clear-groups)
+		# Its directory must be within the user's reach.
+		if ! "${runner[@]}" test -x "$STATE"; then dir=${TMPDIR:-/tmp}/ptop-services-opensearch; fi
+	fi
+	port=${OPENSEARCH_PORT:-$(free_port)}
+	tport=$(free_port)
+	if http_ok "http://127.0.0.1:$port/"; then
+		die "port $port on 127.0.0.1 is already in use by another server"
+	fi
+	rm -rf "$dir"
+	mkdir -p "$dir/data" "$dir/logs" "$dir/tmp"
+	cp -R "$OPENSEARCH_HOME/config" "$dir/config"
+	# Its launcher runs from the install directory: make the paths of jvm.options absolute.
+	sed -i "s#logs/#$dir/logs/#g; s#HeapDumpPath=data#HeapDumpPath=$dir/data#" "$dir/config/jvm.options"
+	if [[ -n ${user:-} ]]; then chown -R "$(id -u "$user"):$(id -g "$user")" "$dir"; fi
+	printf '%s\n' "$dir" >"$OPENSEARCH_DIRFILE"
+	: >"$OPENSEARCH_LOG"
+	printf '%s\n' "$port" >"$OPENSEARCH_PORTFILE"
+	log "starting opensearch on 127.0.0.1:$port (data in $dir), log $OPENSEARCH_LOG"
+	spawn "$OPENSEARCH_PID" "$OPENSEARCH_LOG" "$dir" \
+		env -u JAVA_TOOL_OPTIONS HOME="$dir" OPENSEARCH_JAVA_HOME="$java_home" \
+		OPENSEARCH_PATH_CONF="$dir/config" OPENSEARCH_TMPDIR="$dir/tmp" \
+		OPENSEARCH_JAVA_OPTS="-Xms512m -Xmx512m" \
+		"${runner[@]}" "$OPENSEARCH_HOME/bin/opensearch" \
+		-Ediscovery.type=single-node -Enetwork.host=127.0.0.1 \
+		-Ehttp.port="$port" -Etransport.port="$tport" \
+		-Epath.data="$dir/data" -Epath.logs="$dir/logs" \
+		-Ecluster.routing.allocation.disk.threshold_enabled=false \
+		-Ecluster.name=ptop -Enode.name=ptop
+	START_TIMEOUT=120 wait_healthy opensearch "$OPENSEARCH_PID" "$OPENSEARCH_LOG" \
+		"$(opensearch_url)/_cluster/health?wait_for_status=yellow&timeout=1s"
+	log "opensearch ready (pid $(<"$OPENSEARCH_PID"))"
+	opensearch_env
+}
+
+opensearch_down() {
+	local dir
+	stop_pidfile opensearch "$OPENSEARCH_PID" org.opensearch.bootstrap.OpenSearch
+	if [[ -f $OPENSEARCH_DIRFILE ]]; then
+		dir=$(<"$OPENSEARCH_DIRFILE")
+		if [[ $dir == *opensearch ]]; then rm -rf "$dir"; fi
+	fi
+	rm -f "$OPENSEARCH_PORTFILE" "$OPENSEARCH_DIRFILE"
+}
 
 # ---------------------------------------------------------------------------
-# PostgreSQL 15, throwaway initdb cluster (PG_DSN) -- not implemented yet.
-# Add postgres_up / postgres_down / postgres_running / postgres_env here and
-# append "postgres" to SERVICES.
+# PostgreSQL 15, a throwaway initdb cluster (PG_DSN): superuser postgres, trust
+# authentication, database ptop, fsync off, its unix socket in its own directory.
+# A fresh cluster at every `up`, unless PG_DATA_DIR names one to keep. PG_PORT
+# picks the port. PostgreSQL refuses to run as root: as root it runs as
+# PTOP_PG_USER (default: postgres if that user exists, else nobody).
+
+PG_PID=$STATE/postgres.pid
+PG_PORTFILE=$STATE/postgres.port
+PG_DIRFILE=$STATE/postgres.dir # holds the path of the cluster's directory
+PG_LOG=$STATE/postgres.log
+
+postgres_dsn() { printf 'postgres://postgres@127.0.0.1:%s/ptop?sslmode=disable' "$(<"$PG_PORTFILE")"; }
+
+# postgres_ready PORT: true if the server on PORT accepts connections.
+postgres_ready() {
+	local bindir
+	bindir=$(pg_bindir) || return 1
+	"$bindir/pg_isready" -q -h 127.0.0.1 -p "$1" -U postgres -d postgres -t 2
+}
+
+postgres_running() {
+	pidfile_pid "$PG_PID" >/dev/null && [[ -f $PG_PORTFILE ]] && postgres_ready "$(<"$PG_PORTFILE")"
+}
+
+postgres_env() { printf 'export PG_DSN=%s\n' "$(postgres_dsn)"; }
+
+postgres_up() {
+	local port dir keep=false user runner=() pid i
+	if postgres_running; then
+		log "postgres already running (pid $(<"$PG_PID"), $(postgres_dsn))"
+		postgres_env
+		return 0
+	fi
+	postgres_down # a stale or unhealthy leftover
+
+	ensure_postgres
+	dir=$STATE/postgres
+	if [[ -n ${PG_DATA_DIR:-} ]]; then
+		mkdir -p "$PG_DATA_DIR"
+		dir=$(cd "$PG_DATA_DIR" && pwd)
+		keep=true
+	fi
+	if [[ $EUID -eq 0 ]]; then
+		user=${PTOP_PG_USER:-}
+		if [[ -z $user ]]; then
+			if id -u postgres >/dev/null 2>&1; then user=postgres; else user=nobody; fi
+		fi
+		id -u "$user" >/dev/null 2>&1 || die "user $user does not exist (set PTOP_PG_USER to an unprivileged user)"
+		command -v setpriv >/dev/null || die "setpriv not found (util-linux): needed to run PostgreSQL as $user"
+		runner=(setpriv --reuid="$(id -u "$user")" --regid="$(id -g "$user")" --clear-groups)
+		# Its directory must be within the user's reach.
+		if ! $keep && ! "${runner[@]}" test -x "$STATE"; then dir=${TMPDIR:-/tmp}/ptop-services-postgres; fi
+	fi
+	if ! $keep; then rm -rf "$dir"; fi
+	mkdir -p "$dir/data" "$dir/sock"
+	chmod 700 "$dir/data"
+	if [[ -n ${user:-} ]]; then chown -R "$(id -u "$user"):$(id -g "$user")" "$dir"; fi
+	printf '%s\n' "$dir" >"$PG_DIRFILE"
+	: >"$PG_LOG"
+	if [[ ! -f $dir/data/PG_VERSION ]]; then
+		log "initdb in $dir/data"
+		(cd "$dir" && "${runner[@]}" env LC_ALL=C "$PG_BINDIR/initdb" -D "$dir/data" -U postgres \
+			--auth=trust --no-sync --no-instructions --locale=C --encoding=UTF8 >>"$PG_LOG" 2>&1) ||
+			{ cat "$PG_LOG" >&2; die "initdb failed"; }
+	fi
+	port=${PG_PORT:-$(free_port)}
+	if postgres_ready "$port"; then
+		die "port $port on 127.0.0.1 is already in use by another server"
+	fi
+	printf '%s\n' "$port" >"$PG_PORTFILE"
+	log "starting postgres on 127.0.0.1:$port (cluster in $dir), log $PG_LOG"
+	spawn "$PG_PID" "$PG_LOG" "$dir" env LC_ALL=C "${runner[@]}" "$PG_BINDIR/postgres" -D "$dir/data" \
+		-p "$port" -k "$dir/sock" -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off
+	for ((i = 0; ; i++)); do
+		if ! pid=$(pidfile_pid "$PG_PID"); then
+			log "postgres exited during startup; its log ($PG_LOG):"
+			cat "$PG_LOG" >&2
+			rm -f "$PG_PID"
+			die "postgres did not start"
+		fi
+		postgres_ready "$port" && break
+		if ((i >= START_TIMEOUT * 5)); then
+			log "postgres did not accept connections within ${START_TIMEOUT} s; its log ($PG_LOG):"
+			cat "$PG_LOG" >&2
+			postgres_down
+			die "postgres did not start"
+		fi
+		sleep 0.2
+	done
+	if [[ -z $("$PG_BINDIR/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'ptop'") ]]; then
+		"$PG_BINDIR/psql" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE ptop" >&2 ||
+			die "could not create database ptop"
+	fi
+	log "postgres ready (pid $pid)"
+	postgres_env
+}
+
+postgres_down() {
+	local pid dir i
+	# SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for every client
+	# to leave); stop_pidfile then makes sure, with SIGTERM and SIGKILL.
+	if pid=$(pidfile_pid "$PG_PID") && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "postgres -D"; then
+		log "stopping postgres (pid $pid)"
+		kill -INT "$pid" 2>/dev/null || true
+		for ((i = 0; i < 100; i++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+	fi
+	stop_pidfile postgres "$PG_PID" "postgres -D"
+	if [[ -f $PG_DIRFILE ]]; then
+		dir=$(<"$PG_DIRFILE")
+		# Only the throwaway clusters are removed, never a PG_DATA_DIR.
+		if [[ $dir == "$STATE/postgres" || $dir == */ptop-services-postgres ]]; then rm -rf "$dir"; fi
+	fi
+	rm -f "$PG_PORTFILE" "$PG_DIRFILE"
+}
 
 # ---------------------------------------------------------------------------
 

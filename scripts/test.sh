@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (CI runs it through .ci/run):
 #
-#   1. npm ci in tools/pouchdb if node_modules is missing or stale
+#   1. npm ci in tools/pouchdb if node_modules is missing or stale; PostgreSQL
+#      (apt-get install postgresql-15) if initdb is missing
 #   2. go vet ./...
 #   3. go test -count=1 ./...   (integration tests start their own servers
 #                                through internal/testenv)
@@ -40,6 +41,9 @@ section() {
 command -v go >/dev/null || die "go not found in PATH"
 section "tools: go $(go env GOVERSION), node $(node --version 2>/dev/null || echo missing), npm $(npm --version 2>/dev/null || echo missing)"
 ensure_pouchdb_deps
+ensure_postgres # PostgreSQL from Debian's packages if initdb is missing
+ensure_opensearch # OpenSearch and Elasticsearch integ-test-zips from Maven Central
+log "postgres: $("$PG_BINDIR/postgres" --version)"
 
 section "go vet ./..."
 go vet ./...

@@ -27,11 +27,12 @@ func write(t *testing.T, path, content string) {
 
 func TestValidateShippedPipelines(t *testing.T) {
 	t.Setenv("COUCH_URL", "http://127.0.0.1:1")
+	t.Setenv("ES_URL", "http://127.0.0.1:1")
 	code, out, errOut := ptop(t, "validate", "../../pipelines")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	if !strings.HasPrefix(out, "4 pillows OK: case-search, cases-tcp, forms, households") {
+	if !strings.HasPrefix(out, "6 pillows OK: case-search, case-search-es, cases-postgres, cases-tcp, forms, households") {
 		t.Fatalf("stdout: %q", out)
 	}
 }

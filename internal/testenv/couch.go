@@ -125,7 +125,7 @@ func StartCouch(t testing.TB, opts CouchOptions) *Couch {
 		c.Port = port
 		c.URL = "http://127.0.0.1:" + strconv.Itoa(port)
 		lastErr = c.start()
-		if lastErr == nil || !c.logContains("EADDRINUSE") {
+		if lastErr == nil || !c.portTaken() {
 			break
 		}
 	}
@@ -163,7 +163,7 @@ func (c *Couch) Restart(t testing.TB) {
 	var err error
 	// The port may linger for a moment after the old process died.
 	for deadline := time.Now().Add(5 * time.Second); ; {
-		if err = c.start(); err == nil || !c.logContains("EADDRINUSE") || time.Now().After(deadline) {
+		if err = c.start(); err == nil || !c.portTaken() || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -456,6 +456,12 @@ func killGroup(p *couchProc, sig syscall.Signal) {
 	if err := syscall.Kill(-pid, sig); err != nil {
 		_ = p.cmd.Process.Signal(sig)
 	}
+}
+
+// portTaken reports whether the server failed because its port was in
+// use (pouchdb-server says so in words, node in an error code).
+func (c *Couch) portTaken() bool {
+	return c.logContains("EADDRINUSE") || c.logContains("already in use")
 }
 
 func (c *Couch) logContains(s string) bool {

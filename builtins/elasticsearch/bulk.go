@@ -1,0 +1,231 @@
+package elasticsearch
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strconv"
+	"unicode/utf8"
+
+	json "github.com/goccy/go-json"
+
+	"github.com/dimagi/ptop/engine"
+)
+
+// span is the encoded action (and document) of one record in the
+// encoder's buffer.
+type span struct{ rec, lo, hi int }
+
+func (s span) len() int { return s.hi - s.lo }
+
+// encoder turns records into _bulk actions, reusing its buffers.
+type encoder struct {
+	buf     bytes.Buffer
+	json    *json.Encoder // into buf, each value followed by "\n"
+	line    []byte
+	scratch map[string]any // a record without its _id
+	spans   []span
+}
+
+func (e *encoder) init() {
+	e.json = json.NewEncoder(&e.buf)
+	e.json.SetEscapeHTML(false)
+	e.scratch = make(map[string]any, 16)
+}
+
+// encode encodes records and returns their spans, in order. A record that
+// cannot be encoded is left out and added to rerrs.
+func (e *encoder) encode(records []engine.Record, rerrs *engine.RecordErrors) []span {
+	e.buf.Reset()
+	e.spans = e.spans[:0]
+	for i := range records {
+		lo := e.buf.Len()
+		if err := e.append(&records[i]); err != nil {
+			e.buf.Truncate(lo)
+			*rerrs = append(*rerrs, engine.RecordError{Index: i, Err: err})
+			continue
+		}
+		e.spans = append(e.spans, span{rec: i, lo: lo, hi: e.buf.Len()})
+	}
+	return e.spans
+}
+
+// append encodes one record: an index action and its document, or a
+// delete action, versioned by the revision's generation.
+func (e *encoder) append(r *engine.Record) error {
+	if r.ID == "" {
+		return errors.New("the record has an empty id")
+	}
+	l := e.line[:0]
+	if r.Delete {
+		l = append(l, `{"delete":{"_id":`...)
+	} else {
+		l = append(l, `{"index":{"_id":`...)
+	}
+	l = appendJSONString(l, r.ID)
+	if gen := generation(r.Rev); gen > 0 {
+		l = append(l, `,"version":`...)
+		l = strconv.AppendInt(l, gen, 10)
+		l = append(l, `,"version_type":"external_gte"`...)
+	}
+	l = append(l, "}}\n"...)
+	e.line = l
+	e.buf.Write(l)
+	if r.Delete {
+		return nil
+	}
+	doc := r.Doc
+	if m, ok := doc.(map[string]any); ok {
+		if _, has := m["_id"]; has {
+			// Elasticsearch takes no _id inside a document. The record
+			// is shared with other sinks: copy it rather than change it.
+			clear(e.scratch)
+			for k, v := range m {
+				if k != "_id" {
+					e.scratch[k] = v
+				}
+			}
+			doc = e.scratch
+		}
+	}
+	if doc == nil {
+		return errors.New("the record has no content")
+	}
+	start := e.buf.Len()
+	if err := e.json.Encode(doc); err != nil {
+		return fmt.Errorf("encoding the record: %w", err)
+	}
+	if b := e.buf.Bytes()[start:]; b[0] != '{' {
+		return fmt.Errorf("a record must be a JSON object, got %.40s", bytes.TrimSpace(b))
+	}
+	return nil
+}
+
+// body returns the request body of spans: a slice of the buffer when they
+// follow each other there (the first attempt), else a copy into out.
+func (e *encoder) body(spans []span, out *bytes.Buffer) []byte {
+	b := e.buf.Bytes()
+	contiguous := true
+	for i := 1; i < len(spans); i++ {
+		if spans[i].lo != spans[i-1].hi {
+			contiguous = false
+			break
+		}
+	}
+	if contiguous {
+		return b[spans[0].lo:spans[len(spans)-1].hi]
+	}
+	out.Reset()
+	for _, sp := range spans {
+		out.Write(b[sp.lo:sp.hi])
+	}
+	return out.Bytes()
+}
+
+// generation is the number before the dash of a CouchDB revision ("3-abc"
+// is 3), or 0 when rev has none.
+func generation(rev string) int64 {
+	var n int64
+	i := 0
+	for ; i < len(rev) && rev[i] >= '0' && rev[i] <= '9'; i++ {
+		if n > (1<<62)/10 {
+			return 0
+		}
+		n = n*10 + int64(rev[i]-'0')
+	}
+	if i == 0 || (i < len(rev) && rev[i] != '-') {
+		return 0
+	}
+	return n
+}
+
+// appendJSONString appends s as a JSON string.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= utf8.RuneSelf {
+			q, err := json.Marshal(s)
+			if err != nil { // invalid UTF-8 is replaced, never an error
+				q = strconv.AppendQuote(nil, s)
+			}
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// bulkItem is one item of a _bulk response.
+type bulkItem struct {
+	Status int      `json:"status"`
+	Error  *esError `json:"error"`
+}
+
+// parseBulkResponse returns the items of a _bulk response (asked for with
+// filter_path=errors,items.*.status,items.*.error), or nil items when it
+// reports no error.
+func parseBulkResponse(b []byte) ([]bulkItem, error) {
+	var r struct {
+		Errors *bool           `json:"errors"`
+		Items  json.RawMessage `json:"items"`
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("_bulk: unreadable response: %w", err)
+	}
+	if r.Errors == nil {
+		return nil, fmt.Errorf("_bulk: unexpected response: %.200s", b)
+	}
+	if !*r.Errors {
+		return nil, nil
+	}
+	var raw []map[string]bulkItem
+	if err := json.Unmarshal(r.Items, &raw); err != nil {
+		return nil, fmt.Errorf("_bulk: unreadable items: %w", err)
+	}
+	items := make([]bulkItem, len(raw))
+	for i, m := range raw {
+		if len(m) != 1 {
+			return nil, fmt.Errorf("_bulk: item %d has %d actions", i, len(m))
+		}
+		for _, it := range m {
+			items[i] = it
+		}
+	}
+	return items, nil
+}
+
+type verdict int
+
+const (
+	itemDone     verdict = iota // written, or nothing to do
+	itemRetry                   // turned away for now
+	itemRejected                // rejected for itself: to error handling
+	itemFatal                   // a problem of the whole batch
+)
+
+// judge sorts a bulk item's outcome.
+func judge(it *bulkItem, isDelete bool) (verdict, string) {
+	switch {
+	case it.Status >= 200 && it.Status < 300:
+		return itemDone, ""
+	case it.Status == 404 && isDelete:
+		return itemDone, "" // not there: deleted already
+	case it.Status == 409 && it.Error != nil && it.Error.Type == "version_conflict_engine_exception":
+		return itemDone, "" // the index holds a newer revision
+	}
+	why := fmt.Sprintf("HTTP %d", it.Status)
+	if it.Error != nil {
+		why += ": " + it.Error.String()
+	}
+	switch {
+	case it.Status == 0:
+		return itemFatal, "an item without a status"
+	case it.Error != nil && it.Error.Type == "index_not_found_exception":
+		// The server creates no index by itself here: a setup problem,
+		// not the record's.
+		return itemFatal, why
+	case it.Status == 429 || it.Status >= 500:
+		return itemRetry, why
+	}
+	return itemRejected, why
+}

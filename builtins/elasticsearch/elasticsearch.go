@@ -1,0 +1,540 @@
+// Package elasticsearch is the Elasticsearch sink: it indexes records into
+// Elasticsearch 7/8 or OpenSearch 1/2 with the _bulk API, over plain HTTP
+// (the official Go client refuses servers that are not Elasticsearch). Its
+// tests run against OpenSearch 2.19, Elasticsearch 7.17 and 8.19.
+//
+//	sinks:
+//	  - elasticsearch:
+//	      url: ${ES_URL}                    # credentials may be in it: https://user:pass@host:9200
+//	      index: case-search                # an alias, since mapping_file is set
+//	      mapping_file: mappings/case-search.json   # relative to the pillow file
+//	      settings: {number_of_shards: 1}   # optional
+//	      # username: ptop                  # basic auth, when not in url
+//	      # password: ${ES_PASSWORD}
+//	      # tls: {ca_file: ca.pem, insecure_skip_verify: false}
+//	      timeout: 30s                      # per request
+//	      max_retries: 3                    # retries of records the server turns away for now
+//
+// Each record is indexed with its id as _id and its content (without
+// _id, which Elasticsearch does not take inside a document) as the
+// document; a deletion deletes that id. A delete of an id that is not
+// there succeeds.
+//
+// # Older revisions never win
+//
+// Writes use external versioning (version_type=external_gte) with the
+// generation of the source document's revision as the version ("3-abc"
+// is 3), deletions too. A record of an older revision than the one
+// indexed — a replay, or a reindex overlapping the live feed — is turned
+// away by the server (409), which the sink counts as done. An equal
+// generation overwrites: that lets a replay after a changed transform
+// apply, and two conflicting revisions of one generation (a CouchDB
+// conflict) land in feed order, which is the order of CouchDB's winner.
+// Known limits: a deletion's version is kept by the server for
+// index.gc_deletes (default 60s; raise it in settings to cover a long
+// reindex); and when the winning branch of a conflicted document is
+// deleted, the surviving branch may have a lower generation than the
+// deletion and is not indexed until it is next updated. Records of a
+// source that gives no revision are written unversioned. The index must
+// have no other writer: the versions that the server gives to unversioned
+// writes would make revisions look older than they are.
+//
+// # Index management
+//
+// With mapping_file (or settings), index names an alias. The sink keeps
+// the records in the index INDEX-HASH, where HASH is the first 8 hex
+// digits of the sha256 of the canonical mappings and settings, creates it
+// if it is missing and points the alias at it if the alias does not
+// exist. If the alias points at another index — the mapping changed —
+// the pillow does not start: the new mapping needs a reindex. Without
+// mapping_file, records go to index as named, and the server creates it
+// on the first write with dynamic mappings if it is missing.
+//
+// # Failures
+//
+// A record the server rejects for itself (a mapping error: 400) goes to
+// the pillow's error handling with the server's reason. Records turned
+// away for now (429, 5xx) are retried within the write, up to max_retries
+// times with backoff; after that, and when the whole request fails
+// (connection refused, timeout, 429, 5xx), the batch is handed back to
+// the engine, which retries it with backoff while the checkpoint holds.
+// Refresh is left to the server.
+package elasticsearch
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	stdjson "encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dimagi/ptop/engine"
+)
+
+func init() {
+	engine.RegisterSink("elasticsearch", New)
+}
+
+// Sink writes records into an Elasticsearch or OpenSearch index.
+type Sink struct {
+	log        *slog.Logger
+	base       string // scheme://host[:port][/prefix], without credentials
+	redacted   string // the URL as shown in messages
+	auth       string // Authorization header value, or ""
+	client     *http.Client
+	transport  *http.Transport
+	maxRetries int
+
+	alias    string // cfg.Index
+	body     []byte // create-index body; nil when the index is not managed
+	physical string // the managed index (alias-hash), or ""
+	target   string // where records are written
+	bulkURL  string
+
+	mu  sync.Mutex
+	enc encoder
+	out bytes.Buffer // a request body assembled from spans
+	in  bytes.Buffer // a response body
+}
+
+// New makes an Elasticsearch sink. It reads the mapping and CA files but
+// makes no network call: Open does.
+func New(cfg *Config, bc engine.BuildContext) (engine.Sink, error) {
+	u, msg := parseURL(cfg.URL)
+	if msg != "" {
+		return nil, errors.New(msg)
+	}
+	if msg := checkIndexName(cfg.Index); msg != "" {
+		return nil, errors.New(msg)
+	}
+	log := bc.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Sink{log: log, alias: cfg.Index, target: cfg.Index, maxRetries: cfg.MaxRetries}
+	user, pass := cfg.Username, cfg.Password
+	if u.User != nil {
+		user = u.User.Username()
+		pass, _ = u.User.Password()
+		u.User = nil
+	}
+	if user != "" {
+		s.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+	}
+	s.base = strings.TrimRight(u.String(), "/")
+	s.redacted = s.base
+
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 4
+	if cfg.TLS.CAFile != "" || cfg.TLS.InsecureSkipVerify {
+		tc := &tls.Config{InsecureSkipVerify: cfg.TLS.InsecureSkipVerify} //nolint:gosec // asked for in the config
+		if cfg.TLS.CAFile != "" {
+			pool, err := loadCAs(resolve(bc.Dir, cfg.TLS.CAFile))
+			if err != nil {
+				return nil, fmt.Errorf("tls.ca_file %q: %w", cfg.TLS.CAFile, err)
+			}
+			tc.RootCAs = pool
+		}
+		tr.TLSClientConfig = tc
+	}
+	timeout := cfg.Timeout.D()
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	s.transport = tr
+	s.client = &http.Client{Transport: tr, Timeout: timeout}
+
+	if cfg.MappingFile != "" || len(cfg.Settings) > 0 {
+		body, err := loadIndexBody(resolve(bc.Dir, cfg.MappingFile), cfg.Settings)
+		if err != nil {
+			return nil, fmt.Errorf("mapping_file %q: %w", cfg.MappingFile, err)
+		}
+		s.body = body
+		s.physical = physicalName(cfg.Index, body)
+		s.target = s.physical
+	}
+	s.bulkURL = s.base + "/" + url.PathEscape(s.target) + "/_bulk?filter_path=errors,items.*.status,items.*.error"
+	s.enc.init()
+	return s, nil
+}
+
+// Index is the index that records are written to: the managed index
+// (ALIAS-HASH) when there is a mapping, else the configured index.
+func (s *Sink) Index() string { return s.target }
+
+// Open implements engine.Sink: it checks that the server answers and
+// accepts the credentials, and with a mapping creates the index and its
+// alias (see the package doc). A changed mapping, refused credentials and
+// a mapping the server rejects are permanent errors.
+func (s *Sink) Open(ctx context.Context) error {
+	if s.body == nil {
+		status, body, err := s.do(ctx, http.MethodGet, "/"+url.PathEscape(s.target)+"?filter_path=*.settings.index.uuid", nil)
+		if err != nil {
+			return err
+		}
+		switch {
+		case status == http.StatusOK || status == http.StatusNotFound:
+			return nil
+		case status == http.StatusUnauthorized || status == http.StatusForbidden:
+			return engine.Permanent(s.httpError("checking index "+s.target, status, body))
+		}
+		return s.httpError("checking index "+s.target, status, body)
+	}
+	return s.ensureIndex(ctx)
+}
+
+// ensureIndex creates the managed index and its alias as needed.
+func (s *Sink) ensureIndex(ctx context.Context) error {
+	points, err := s.aliasTargets(ctx)
+	if err != nil {
+		return err
+	}
+	if points != nil {
+		return s.checkAlias(points)
+	}
+	// No alias of that name; an index of that name would take its place.
+	status, body, err := s.do(ctx, http.MethodHead, "/"+url.PathEscape(s.alias), nil)
+	if err != nil {
+		return err
+	}
+	switch status {
+	case http.StatusOK:
+		return engine.Permanent(fmt.Errorf("%s is an index, not an alias: with a mapping_file ptop keeps the records in %s and points the alias %s at it; delete the index %s, or drop mapping_file to write into it as it is",
+			s.alias, s.physical, s.alias, s.alias))
+	case http.StatusNotFound:
+	default:
+		return s.openError("checking index "+s.alias, status, body)
+	}
+
+	status, body, err = s.do(ctx, http.MethodPut, "/"+url.PathEscape(s.physical), s.body)
+	if err != nil {
+		return err
+	}
+	switch {
+	case status == http.StatusOK:
+		s.log.Info("created index", "index", s.physical)
+	case errorType(body) == "resource_already_exists_exception":
+	case status == http.StatusBadRequest:
+		return engine.Permanent(s.httpError("creating index "+s.physical+" (the server refused the mappings or settings)", status, body))
+	default:
+		return s.openError("creating index "+s.physical, status, body)
+	}
+
+	act := fmt.Sprintf(`{"actions":[{"add":{"index":%q,"alias":%q}}]}`, s.physical, s.alias)
+	status, body, err = s.do(ctx, http.MethodPost, "/_aliases", []byte(act))
+	if err != nil {
+		return err
+	}
+	switch {
+	case status == http.StatusOK:
+	case status == http.StatusBadRequest:
+		return engine.Permanent(s.httpError("pointing alias "+s.alias+" at "+s.physical, status, body))
+	default:
+		return s.openError("pointing alias "+s.alias+" at "+s.physical, status, body)
+	}
+	// Another process may have pointed it elsewhere at the same time.
+	points, err = s.aliasTargets(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.checkAlias(points); err != nil {
+		return err
+	}
+	s.log.Info("pointed alias at index", "alias", s.alias, "index", s.physical)
+	return nil
+}
+
+// aliasTargets returns the indexes the alias points at, or nil when there
+// is no such alias.
+func (s *Sink) aliasTargets(ctx context.Context) ([]string, error) {
+	status, body, err := s.do(ctx, http.MethodGet, "/_alias/"+url.PathEscape(s.alias), nil)
+	if err != nil {
+		return nil, err
+	}
+	switch status {
+	case http.StatusOK:
+	case http.StatusNotFound:
+		return nil, nil
+	default:
+		return nil, s.openError("looking up alias "+s.alias, status, body)
+	}
+	var m map[string]stdjson.RawMessage
+	if err := stdjson.Unmarshal(body, &m); err != nil {
+		return nil, fmt.Errorf("looking up alias %s: %w", s.alias, err)
+	}
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+func (s *Sink) checkAlias(points []string) error {
+	if len(points) == 1 && points[0] == s.physical {
+		return nil
+	}
+	if slices.Contains(points, s.physical) {
+		s.log.Warn("alias points at several indexes; writing to this mapping's", "alias", s.alias, "indexes", points, "index", s.physical)
+		return nil
+	}
+	return engine.Permanent(fmt.Errorf("mapping changed: alias %s points at %s, mapping_file gives %s; run ptop reindex",
+		s.alias, strings.Join(points, ", "), s.physical))
+}
+
+// openError is the error of a request of Open: permanent for refused
+// credentials, else retried.
+func (s *Sink) openError(what string, status int, body []byte) error {
+	err := s.httpError(what, status, body)
+	if status == http.StatusUnauthorized || status == http.StatusForbidden {
+		return engine.Permanent(err)
+	}
+	return err
+}
+
+// do sends a request (body as JSON) and returns the status and body.
+func (s *Sink) do(ctx context.Context, method, path string, body []byte) (int, []byte, error) {
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, s.base+path, r)
+	if err != nil {
+		return 0, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	s.setHeaders(req)
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return 0, nil, s.netError(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s %s: reading the response: %w", method, s.redacted+path, err)
+	}
+	return resp.StatusCode, b, nil
+}
+
+func (s *Sink) setHeaders(req *http.Request) {
+	req.Header.Set("Accept", "application/json")
+	if s.auth != "" {
+		req.Header.Set("Authorization", s.auth)
+	}
+}
+
+// netError says which server could not be reached, without credentials.
+func (s *Sink) netError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%s %s: %w", ue.Op, s.redacted, ue.Err)
+	}
+	return err
+}
+
+// httpError describes a failed request with the server's own reason.
+func (s *Sink) httpError(what string, status int, body []byte) error {
+	reason := errorReason(body)
+	if reason == "" {
+		reason = strings.TrimSpace(string(body))
+		if len(reason) > 300 {
+			reason = reason[:300] + "…"
+		}
+	}
+	if reason == "" {
+		reason = http.StatusText(status)
+	}
+	return fmt.Errorf("%s at %s: HTTP %d: %s", what, s.redacted, status, reason)
+}
+
+// esError is Elasticsearch's error object.
+type esError struct {
+	Type     string   `json:"type"`
+	Reason   string   `json:"reason"`
+	CausedBy *esError `json:"caused_by"`
+}
+
+func (e *esError) String() string {
+	if e == nil {
+		return ""
+	}
+	s := e.Type + ": " + e.Reason
+	if e.CausedBy != nil && e.CausedBy.Reason != "" && e.CausedBy.Reason != e.Reason {
+		s += " (caused by " + e.CausedBy.String() + ")"
+	}
+	return s
+}
+
+func parseError(body []byte) *esError {
+	var r struct {
+		Error stdjson.RawMessage `json:"error"`
+	}
+	if stdjson.Unmarshal(body, &r) != nil || len(r.Error) == 0 {
+		return nil
+	}
+	var e esError
+	if stdjson.Unmarshal(r.Error, &e) != nil {
+		var msg string
+		if stdjson.Unmarshal(r.Error, &msg) == nil && msg != "" {
+			return &esError{Reason: msg}
+		}
+		return nil
+	}
+	return &e
+}
+
+func errorType(body []byte) string {
+	if e := parseError(body); e != nil {
+		return e.Type
+	}
+	return ""
+}
+
+func errorReason(body []byte) string {
+	e := parseError(body)
+	if e == nil {
+		return ""
+	}
+	if e.Type == "" {
+		return e.Reason
+	}
+	return e.String()
+}
+
+// Write implements engine.Sink with one _bulk request (more for a very
+// large batch). It returns nil when every record is written (or was older
+// than what the index holds), engine.RecordErrors for records the server
+// rejected, and a plain error when the batch should be retried.
+func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var rerrs engine.RecordErrors
+	spans := s.enc.encode(records, &rerrs)
+	delay := 100 * time.Millisecond
+	for attempt := 0; len(spans) > 0; attempt++ {
+		retry, err := s.send(ctx, records, spans, &rerrs)
+		if err != nil {
+			return err
+		}
+		if len(retry) == 0 {
+			break
+		}
+		if attempt >= s.maxRetries {
+			return fmt.Errorf("%d of %d records still turned away after %d retries, first: %s",
+				len(retry), len(records), attempt, retry[0].why)
+		}
+		s.log.Debug("retrying records turned away for now", "records", len(retry), "first", retry[0].why, "attempt", attempt+1)
+		wait := delay/2 + rand.N(delay/2+1)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		delay = min(delay*2, 5*time.Second)
+		spans = spans[:0]
+		for _, r := range retry {
+			spans = append(spans, r.span)
+		}
+	}
+	if len(rerrs) > 0 {
+		sort.Slice(rerrs, func(i, j int) bool { return rerrs[i].Index < rerrs[j].Index })
+		return rerrs
+	}
+	return nil
+}
+
+// maxRequestBytes bounds one _bulk request (servers take 100 MB by
+// default); a larger batch goes in several.
+const maxRequestBytes = 32 << 20
+
+// retryItem is a record to send again, and why.
+type retryItem struct {
+	span span
+	why  string
+}
+
+// send writes spans with as few _bulk requests as their size allows, and
+// sorts the items of the answers: written, rejected (added to rerrs) or
+// to retry (returned).
+func (s *Sink) send(ctx context.Context, records []engine.Record, spans []span, rerrs *engine.RecordErrors) ([]retryItem, error) {
+	var retry []retryItem
+	for len(spans) > 0 {
+		n, size := 0, 0
+		for n < len(spans) && (n == 0 || size+spans[n].len() <= maxRequestBytes) {
+			size += spans[n].len()
+			n++
+		}
+		part := spans[:n]
+		spans = spans[n:]
+		items, err := s.bulk(ctx, part)
+		if err != nil {
+			return nil, err
+		}
+		if items == nil { // no errors at all
+			continue
+		}
+		if len(items) != len(part) {
+			return nil, fmt.Errorf("_bulk at %s answered %d items for %d actions", s.redacted, len(items), len(part))
+		}
+		for i := range items {
+			sp := part[i]
+			switch verdict, why := judge(&items[i], records[sp.rec].Delete); verdict {
+			case itemDone:
+			case itemRetry:
+				retry = append(retry, retryItem{span: sp, why: why})
+			case itemRejected:
+				*rerrs = append(*rerrs, engine.RecordError{Index: sp.rec, Err: errors.New(why)})
+			case itemFatal:
+				return nil, fmt.Errorf("_bulk at %s: %s", s.redacted, why)
+			}
+		}
+	}
+	return retry, nil
+}
+
+// bulk sends one _bulk request of spans. It returns nil items when the
+// server reports no error at all.
+func (s *Sink) bulk(ctx context.Context, part []span) ([]bulkItem, error) {
+	body := s.enc.body(part, &s.out)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.bulkURL, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	s.setHeaders(req)
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return nil, s.netError(err)
+	}
+	defer resp.Body.Close()
+	s.in.Reset()
+	if _, err := s.in.ReadFrom(resp.Body); err != nil {
+		return nil, fmt.Errorf("_bulk at %s: reading the response: %w", s.redacted, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, s.httpError("_bulk", resp.StatusCode, s.in.Bytes())
+	}
+	return parseBulkResponse(s.in.Bytes())
+}
+
+// Close implements engine.Sink.
+func (s *Sink) Close() error {
+	s.transport.CloseIdleConnections()
+	return nil
+}
+
+var _ engine.Sink = (*Sink)(nil)

@@ -1,0 +1,349 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/internal/testenv"
+)
+
+// count returns a query's single integer, or -1 when it fails (the table
+// is not there yet, the server is down).
+func count(dsn, sql string) int64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return -1
+	}
+	defer conn.Close(ctx)
+	var n *int64
+	if err := conn.QueryRow(ctx, sql).Scan(&n); err != nil || n == nil {
+		return -1
+	}
+	return *n
+}
+
+func bulk(t *testing.T, couch *testenv.Couch, db string, from, to int, extra map[string]any) {
+	t.Helper()
+	for lo := from; lo < to; lo += 5000 {
+		var docs []map[string]any
+		for i := lo; i < min(lo+5000, to); i++ {
+			d := map[string]any{"_id": fmt.Sprintf("d%06d", i), "i": i, "name": fmt.Sprintf("doc %d", i)}
+			for k, v := range extra {
+				d[k] = v
+			}
+			docs = append(docs, d)
+		}
+		couch.BulkDocs(t, db, docs)
+	}
+}
+
+// runPillow runs a pillow until the returned stop is called, which
+// waits for Run to return and fails the test on an error.
+func runPillow(t *testing.T, spec *engine.Spec) (p *engine.Pillow, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	p = engine.NewPillow(spec, engine.RunOptions{Log: quietLog(), DrainTimeout: 20 * time.Second})
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("pillow: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("pillow did not stop")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return p, stop
+}
+
+// TestPillowThroughServerRestarts runs a pillow from a real CouchDB-protocol
+// server into Postgres while Postgres is stopped and killed: the batches
+// wait, nothing is lost; a restart of the pillow resumes from its
+// checkpoint.
+func TestPillowThroughServerRestarts(t *testing.T) {
+	t.Parallel()
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	pg := testenv.StartPostgres(t)
+	couch.CreateDB(t, "cases")
+	bulk(t, couch, "cases", 0, 300, nil)
+
+	pillow := fmt.Sprintf(`name: restarts
+source:
+  couchdb: {url: %q, db: cases, heartbeat: 1s}
+transform: |
+  function transform(doc, change) {
+    return { _id: doc._id, name: doc.name, i: doc.i, seq: change.seq, extra: doc.extra };
+  }
+batch: {size: 50, wait: 50ms}
+sinks:
+  - postgres:
+      dsn: %q
+      table: cases
+      columns: {name: text, i: integer, seq: bigint}
+      create: true
+      timeout: 5s
+`, couch.URL, pg.DSN())
+	rows := func() int64 { return count(pg.DSN(), "SELECT count(*) FROM cases") }
+	_, stop := runPillow(t, loadPillow(t, pillow))
+	waitFor(t, "300 rows", func() bool { return rows() == 300 })
+
+	// Stopped (clients see 57P01 admin shutdown, then connection refused).
+	pg.Stop(t)
+	bulk(t, couch, "cases", 300, 500, nil)
+	time.Sleep(3 * time.Second)
+	pg.Restart(t)
+	waitFor(t, "500 rows after a stop", func() bool { return rows() == 500 })
+
+	// Killed: connections reset, the server recovers from its log.
+	pg.Kill(t)
+	bulk(t, couch, "cases", 500, 600, nil)
+	time.Sleep(time.Second)
+	pg.Restart(t)
+	waitFor(t, "600 rows after a kill", func() bool { return rows() == 600 })
+	stop()
+
+	cp, ok := couch.Get(t, "cases", "_local/ptop-restarts")
+	if !ok {
+		t.Fatal("no checkpoint")
+	}
+	// While the pillow is away: new documents, an update, a deletion.
+	bulk(t, couch, "cases", 600, 700, nil)
+	d1, _ := couch.Get(t, "cases", "d000001")
+	d1["extra"] = "updated"
+	couch.Put(t, "cases", "d000001", d1)
+	d2, _ := couch.Get(t, "cases", "d000002")
+	couch.Delete(t, "cases", "d000002", d2["_rev"].(string))
+
+	p, stop := runPillow(t, loadPillow(t, pillow))
+	waitFor(t, "699 rows after the pillow's restart", func() bool {
+		return rows() == 699 && count(pg.DSN(), "SELECT count(*) FROM cases WHERE doc->>'extra' = 'updated' AND _rev_gen = 2") == 1
+	})
+	stop()
+	// The second run started from the checkpoint: it saw only the 102
+	// changes made since.
+	if seen := p.Stats.Seen.Load(); seen != 102 {
+		t.Fatalf("the second run saw %d changes, want 102 (checkpoint %v)", seen, cp["seq"])
+	}
+}
+
+// TestExactlyOnceAfterKill9 kills a process running a pillow whose
+// checkpoint is kept in the sink's database, at random points, and checks
+// each time that the table holds exactly the documents up to the
+// checkpoint: the checkpoint is saved in each batch's transaction.
+func TestExactlyOnceAfterKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts pillow processes")
+	}
+	t.Parallel()
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	pg := testenv.SharedPostgres(t)
+	dsn := pg.NewDatabase(t)
+	couch.CreateDB(t, "docs")
+	const n = 30000
+	bulk(t, couch, "docs", 0, n, nil)
+	seqOf := changesSeqs(t, couch, "docs")
+	if len(seqOf) != n {
+		t.Fatalf("%d changes, want %d", len(seqOf), n)
+	}
+
+	dir := t.TempDir()
+	file := filepath.Join(dir, "eo.yaml")
+	err := os.WriteFile(file, []byte(fmt.Sprintf(`name: eo
+source:
+  couchdb: {url: %q, db: docs, heartbeat: 1s}
+transform: |
+  function transform(doc, change) { return { _id: doc._id, seq: change.seq }; }
+batch: {size: 100, wait: 20ms}
+checkpoint:
+  postgres: {dsn: %q, table: ptop_checkpoints}
+sinks:
+  - postgres: {dsn: %q, table: docs, columns: {seq: bigint}, create: true}
+`, couch.URL, dsn, dsn)), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkpoint := func() int64 { return count(dsn, "SELECT seq::int8 FROM ptop_checkpoints WHERE pillow = 'eo'") }
+
+	// check compares the table with the documents the checkpoint covers.
+	check := func(round string) int64 {
+		t.Helper()
+		cp := checkpoint()
+		var want []string
+		for id, seq := range seqOf {
+			if seq <= cp {
+				want = append(want, id)
+			}
+		}
+		sort.Strings(want)
+		var got []string
+		for _, r := range pg.Query(t, dsn, "SELECT _id FROM docs ORDER BY _id") {
+			got = append(got, r[0].(string))
+		}
+		if strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Fatalf("%s: checkpoint %d covers %d documents, the table has %d rows (max seq %d)",
+				round, cp, len(want), len(got), count(dsn, "SELECT max(seq) FROM docs"))
+		}
+		return cp
+	}
+
+	var last int64
+	for round := 1; round <= 3; round++ {
+		child := startChild(t, file)
+		from := last
+		waitFor(t, "progress", func() bool { return checkpoint() >= from+2000 || child.exited() })
+		child.kill9(t)
+		cp := check(fmt.Sprintf("round %d", round))
+		t.Logf("round %d: killed at checkpoint %d", round, cp)
+		if cp >= n {
+			t.Fatalf("round %d: the pillow finished before it was killed; the test needs more documents", round)
+		}
+		last = cp
+	}
+	// The last run goes to the end.
+	child := startChild(t, file)
+	waitFor(t, "the end", func() bool { return checkpoint() == n })
+	child.term(t)
+	check("end")
+}
+
+// changesSeqs reads a database's changes feed: document id → seq.
+func changesSeqs(t *testing.T, couch *testenv.Couch, db string) map[string]int64 {
+	t.Helper()
+	status, body := couch.Do(t, http.MethodGet, "/"+db+"/_changes", nil)
+	if status != http.StatusOK {
+		t.Fatalf("_changes: %d %s", status, body)
+	}
+	var feed struct {
+		Results []struct {
+			Seq json.Number `json:"seq"`
+			ID  string      `json:"id"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal(body, &feed); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{}
+	for _, r := range feed.Results {
+		n, err := strconv.ParseInt(r.Seq.String(), 10, 64)
+		if err != nil {
+			t.Fatalf("seq %q is not an integer", r.Seq)
+		}
+		out[r.ID] = n
+	}
+	return out
+}
+
+// child is the test binary running a pillow file (see TestMain).
+type child struct {
+	cmd    *exec.Cmd
+	stderr *strings.Builder
+	mu     *sync.Mutex
+	done   chan struct{}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *strings.Builder
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func startChild(t *testing.T, file string) *child {
+	t.Helper()
+	c := &child{cmd: exec.Command(os.Args[0]), stderr: &strings.Builder{}, mu: &sync.Mutex{}, done: make(chan struct{})}
+	c.cmd.Env = append(os.Environ(), childEnv+"="+file)
+	c.cmd.Stderr = lockedWriter{c.mu, c.stderr}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { c.cmd.Wait(); close(c.done) }()
+	t.Cleanup(func() {
+		c.cmd.Process.Kill()
+		<-c.done
+	})
+	return c
+}
+
+func (c *child) exited() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *child) log() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stderr.String()
+}
+
+func (c *child) kill9(t *testing.T) {
+	t.Helper()
+	if c.exited() {
+		t.Fatalf("the pillow process exited by itself:\n%s", c.log())
+	}
+	c.cmd.Process.Signal(syscall.SIGKILL)
+	<-c.done
+}
+
+func (c *child) term(t *testing.T) {
+	t.Helper()
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the pillow process did not stop on SIGTERM:\n%s", c.log())
+	}
+	if !c.cmd.ProcessState.Success() {
+		t.Fatalf("the pillow process: %v\n%s", c.cmd.ProcessState, c.log())
+	}
+}
+
+// A pillow whose table is missing (without create) stops at start with an
+// error naming the table, instead of retrying for ever.
+func TestPillowStopsOnMissingTable(t *testing.T) {
+	t.Parallel()
+	pg := testenv.SharedPostgres(t)
+	dsn := pg.NewDatabase(t)
+	spec := loadPillow(t, fmt.Sprintf(`name: missing
+source: {file: {path: /dev/null}}
+sinks:
+  - postgres: {dsn: %q, table: nowhere, columns: {a: text}}
+`, dsn))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := engine.NewPillow(spec, engine.RunOptions{Log: quietLog()}).Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "table nowhere does not exist: create it, or set create: true") {
+		t.Fatalf("Run: %v", err)
+	}
+}

@@ -1,0 +1,319 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/dimagi/ptop/engine"
+)
+
+// schema is what the sink knows of its table once checked: the columns'
+// actual types and the statements made from them.
+type schema struct {
+	newEncoder  func() *encoder
+	existingSQL string // $1 keys → the 1-based ordinals of those present
+	copySQL     string // COPY of new rows, text format
+	upsertSQL   string // $1 keys, then one text[] per data column, revs, generations
+	deleteSQL   string // $1 keys, $2 generations
+}
+
+type column struct {
+	name string
+	typ  string // as format_type writes it, with its modifier: varchar(20)
+	cast string // without the modifier, to cast text to: character varying
+	oid  uint32
+}
+
+// querier is a connection or a transaction.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// tableColumns returns the table's columns, or nil when it does not exist.
+func tableColumns(ctx context.Context, q querier, table pgx.Identifier) (map[string]column, error) {
+	var oid *uint32
+	if err := q.QueryRow(ctx, "SELECT to_regclass($1)::oid", table.Sanitize()).Scan(&oid); err != nil {
+		return nil, err
+	}
+	if oid == nil {
+		return nil, nil
+	}
+	rows, err := q.Query(ctx, `SELECT attname, format_type(atttypid, atttypmod), format_type(atttypid, NULL), atttypid::int8
+		FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped`, *oid)
+	if err != nil {
+		return nil, err
+	}
+	cols := map[string]column{}
+	for rows.Next() {
+		var c column
+		var typOID int64
+		if err := rows.Scan(&c.name, &c.typ, &c.cast, &typOID); err != nil {
+			return nil, err
+		}
+		c.oid = uint32(typOID)
+		cols[c.name] = c
+	}
+	return cols, rows.Err()
+}
+
+// ensureSchema checks the table (creating what is missing when the sink
+// may) and prepares the statements. Problems that a retry cannot fix are
+// engine.Permanent.
+func (s *Sink) ensureSchema(ctx context.Context, conn querier) (*schema, error) {
+	// The configured types must exist, whether the table does or not.
+	want := make(map[string]uint32, len(s.columns))
+	for _, c := range s.columns {
+		var oid int64
+		err := conn.QueryRow(ctx, "SELECT $1::regtype::oid::int8", s.cfg.Columns[c]).Scan(&oid)
+		if err != nil {
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && (pe.Code == "42704" || pe.Code == "42601" || pe.Code == "22P02") {
+				return nil, engine.Permanent(fmt.Errorf("column %q: type %q does not exist in this database", c, s.cfg.Columns[c]))
+			}
+			return nil, err
+		}
+		want[c] = uint32(oid)
+	}
+	cols, err := tableColumns(ctx, conn, s.table)
+	if err != nil {
+		return nil, err
+	}
+	if cols == nil {
+		if !s.cfg.Create {
+			return nil, engine.Permanent(fmt.Errorf("table %s does not exist: create it, or set create: true", s.tableName))
+		}
+		if err := s.createTable(ctx, conn); err != nil {
+			return nil, err
+		}
+		s.log.Info("created table", "table", s.tableName)
+		if cols, err = tableColumns(ctx, conn, s.table); err != nil {
+			return nil, err
+		}
+		if cols == nil {
+			return nil, fmt.Errorf("table %s was created but cannot be found (search_path?)", s.tableName)
+		}
+	}
+	if _, ok := cols[s.cfg.Key]; !ok {
+		return nil, engine.Permanent(fmt.Errorf("table %s has no key column %q", s.tableName, s.cfg.Key))
+	}
+	var missing []string
+	for _, c := range s.managedColumns() {
+		if _, ok := cols[c.name]; !ok {
+			missing = append(missing, c.name)
+		}
+	}
+	if len(missing) > 0 && s.cfg.Create {
+		if err := s.addColumns(ctx, conn, missing); err != nil {
+			return nil, err
+		}
+		if cols, err = tableColumns(ctx, conn, s.table); err != nil {
+			return nil, err
+		}
+		missing = missing[:0]
+		for _, c := range s.managedColumns() {
+			if _, ok := cols[c.name]; !ok {
+				missing = append(missing, c.name)
+			}
+		}
+	}
+	if len(missing) > 0 {
+		var defs []string
+		for _, m := range missing {
+			defs = append(defs, "ADD COLUMN "+pgx.Identifier{m}.Sanitize()+" "+s.managedType(m))
+		}
+		return nil, engine.Permanent(fmt.Errorf("table %s has no column %s: add %s with ALTER TABLE %s %s, or set create: true",
+			s.tableName, quoteList(missing), plural(len(missing), "it", "them"), s.table.Sanitize(), strings.Join(defs, ", ")))
+	}
+	var unique bool
+	err = conn.QueryRow(ctx, `SELECT EXISTS (
+		SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+		WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = $2)`,
+		s.table.Sanitize(), s.cfg.Key).Scan(&unique)
+	if err != nil {
+		return nil, err
+	}
+	if !unique {
+		return nil, engine.Permanent(fmt.Errorf("table %s has no primary key or unique index on its key column %q (upserts need one): ALTER TABLE %s ADD PRIMARY KEY (%s)",
+			s.tableName, s.cfg.Key, s.table.Sanitize(), pgx.Identifier{s.cfg.Key}.Sanitize()))
+	}
+	for _, c := range s.columns {
+		if have := cols[c]; have.oid != want[c] {
+			s.log.Warn("column type differs from the configured one; values are converted to the column's type",
+				"table", s.tableName, "column", c, "configured", s.cfg.Columns[c], "actual", have.typ)
+		}
+	}
+	return s.prepare(cols), nil
+}
+
+// managedColumns are the columns the sink writes besides the key, with
+// the types it creates them with.
+func (s *Sink) managedColumns() []column {
+	var cs []column
+	for _, c := range s.columns {
+		cs = append(cs, column{name: c, typ: strings.TrimSpace(s.cfg.Columns[c])})
+	}
+	if s.cfg.Doc {
+		cs = append(cs, column{name: docColumn, typ: "jsonb"})
+	}
+	return append(cs, column{name: revColumn, typ: "text"}, column{name: genColumn, typ: "bigint"})
+}
+
+func (s *Sink) managedType(name string) string {
+	for _, c := range s.managedColumns() {
+		if c.name == name {
+			return c.typ
+		}
+	}
+	return "text"
+}
+
+// createTable creates the table, and its schema when named, under an
+// advisory lock so that pillows starting together do not race.
+func (s *Sink) createTable(ctx context.Context, conn querier) error {
+	defs := []string{pgx.Identifier{s.cfg.Key}.Sanitize() + " text PRIMARY KEY"}
+	for _, c := range s.managedColumns() {
+		defs = append(defs, pgx.Identifier{c.name}.Sanitize()+" "+c.typ)
+	}
+	stmts := []string{}
+	if len(s.table) == 2 {
+		stmts = append(stmts, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{s.table[0]}.Sanitize())
+	}
+	stmts = append(stmts, "CREATE TABLE IF NOT EXISTS "+s.table.Sanitize()+" (\n  "+strings.Join(defs, ",\n  ")+"\n)")
+	return s.ddl(ctx, conn, stmts)
+}
+
+func (s *Sink) addColumns(ctx context.Context, conn querier, names []string) error {
+	var adds []string
+	for _, n := range names {
+		adds = append(adds, "ADD COLUMN IF NOT EXISTS "+pgx.Identifier{n}.Sanitize()+" "+s.managedType(n))
+	}
+	s.log.Info("adding columns", "table", s.tableName, "columns", strings.Join(names, ","))
+	return s.ddl(ctx, conn, []string{"ALTER TABLE " + s.table.Sanitize() + " " + strings.Join(adds, ", ")})
+}
+
+// ddl runs statements in a transaction holding an advisory lock named
+// after the table.
+func (s *Sink) ddl(ctx context.Context, conn querier, stmts []string) error {
+	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+		return err
+	}
+	run := func() error {
+		if _, err := conn.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey(s.table)); err != nil {
+			return err
+		}
+		for _, st := range stmts {
+			if _, err := conn.Exec(ctx, st); err != nil {
+				var pe *pgconn.PgError
+				if errors.As(err, &pe) && (pe.Code == "42501" || pe.Code[:2] == "42") {
+					return engine.Permanent(fmt.Errorf("%s: %w", firstLine(st), err))
+				}
+				return err
+			}
+		}
+		_, err := conn.Exec(ctx, "COMMIT")
+		return err
+	}
+	if err := run(); err != nil {
+		conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+		return err
+	}
+	return nil
+}
+
+// prepare makes the statements for the table's actual column types.
+func (s *Sink) prepare(cols map[string]column) *schema {
+	tbl := s.table.Sanitize()
+	key := pgx.Identifier{s.cfg.Key}.Sanitize()
+	// Casts go to the type without its modifier: storing the value then
+	// checks the modifier as COPY does (a varchar(20) refuses a longer
+	// string instead of cutting it).
+	keyType := cols[s.cfg.Key].cast
+	data := append([]string(nil), s.columns...)
+	if s.cfg.Doc {
+		data = append(data, docColumn)
+	}
+	kinds := make([]kind, len(s.columns))
+	for i, c := range s.columns {
+		kinds[i] = kindOf(cols[c].cast)
+	}
+
+	names := []string{key}
+	for _, c := range data {
+		names = append(names, pgx.Identifier{c}.Sanitize())
+	}
+	names = append(names, pgx.Identifier{revColumn}.Sanitize(), pgx.Identifier{genColumn}.Sanitize())
+
+	// unnest($1::text[], …) AS u(c0, …): every value travels as text and
+	// is cast to its column's type, as COPY's text format would parse it.
+	var params, aliases, selects, sets []string
+	for i := range names {
+		typ := "text"
+		if i == len(names)-1 {
+			typ = "int8"
+		}
+		params = append(params, fmt.Sprintf("$%d::%s[]", i+1, typ))
+		aliases = append(aliases, fmt.Sprintf("c%d", i))
+	}
+	selects = append(selects, "u.c0::"+keyType)
+	for i, c := range data {
+		selects = append(selects, fmt.Sprintf("u.c%d::%s", i+1, cols[c].cast))
+	}
+	n := len(names)
+	selects = append(selects, fmt.Sprintf("u.c%d", n-2), fmt.Sprintf("u.c%d", n-1))
+	for _, nm := range names[1:] {
+		sets = append(sets, nm+" = EXCLUDED."+nm)
+	}
+	gen := pgx.Identifier{genColumn}.Sanitize()
+	newer := fmt.Sprintf("t.%s IS NULL OR EXCLUDED.%s IS NULL OR t.%s <= EXCLUDED.%s", gen, gen, gen, gen)
+
+	return &schema{
+		newEncoder: func() *encoder {
+			return newEncoder(s.cfg.Key, s.columns, kinds, s.cfg.Doc, cols[docColumn].cast == "json")
+		},
+		existingSQL: fmt.Sprintf("SELECT u.i FROM unnest($1::text[]) WITH ORDINALITY AS u(k, i) JOIN %s AS t ON t.%s = u.k::%s",
+			tbl, key, keyType),
+		copySQL: fmt.Sprintf("COPY %s (%s) FROM STDIN", tbl, strings.Join(names, ", ")),
+		upsertSQL: fmt.Sprintf("INSERT INTO %s AS t (%s)\nSELECT %s\nFROM unnest(%s) AS u(%s)\nON CONFLICT (%s) DO UPDATE SET %s\nWHERE %s",
+			tbl, strings.Join(names, ", "), strings.Join(selects, ", "), strings.Join(params, ", "), strings.Join(aliases, ", "),
+			key, strings.Join(sets, ", "), newer),
+		deleteSQL: fmt.Sprintf("DELETE FROM %s AS t USING unnest($1::text[], $2::int8[]) AS d(k, g)\nWHERE t.%s = d.k::%s AND (t.%s IS NULL OR d.g IS NULL OR t.%s <= d.g)",
+			tbl, key, keyType, gen, gen),
+	}
+}
+
+func quoteList(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = quote(n)
+	}
+	return strings.Join(q, ", ")
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// lockKey is the advisory lock taken while creating or altering table.
+func lockKey(table pgx.Identifier) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("ptop:" + table.Sanitize()))
+	return int64(h.Sum64())
+}
