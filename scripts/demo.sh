@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The demo: starts a local CouchDB-compatible server (pouchdb-server), loads
-# sample case documents into it, and runs the pillows in pipelines/ until
-# Ctrl-C (or for DEMO_SECONDS). Output records go to out/ (PTOP_OUT).
+# The demo: starts local servers — a CouchDB-compatible one (pouchdb-server),
+# OpenSearch, PostgreSQL, and a TCP line listener standing in for logstash —
+# loads sample case documents, and runs the pillows in pipelines/ until Ctrl-C
+# (or for DEMO_SECONDS). File sinks write to out/ (PTOP_OUT), the TCP
+# listener to out/cases-tcp.lines.
 #
 #   scripts/demo.sh                  # run until Ctrl-C
 #   DEMO_SECONDS=10 scripts/demo.sh  # run 10 s, then stop (SIGTERM) and summarise
@@ -25,7 +27,10 @@ log "building ptop"
 mkdir -p bin
 go build -o bin/ptop ./cmd/ptop
 go build -o bin/gendocs ./internal/cmd/gendocs
+go build -o bin/linesink ./internal/cmd/linesink
 
+ensure_postgres
+ensure_opensearch opensearch
 eval "$(scripts/services.sh up)"
 if [[ ${DEMO_KEEP_SERVICES:-} != 1 ]]; then
 	trap 'scripts/services.sh down' EXIT
@@ -41,6 +46,15 @@ bin/ptop validate pipelines/ >&2
 
 rm -rf "$PTOP_OUT"
 mkdir -p "$PTOP_OUT"
+export TCP_ADDRESS=127.0.0.1:$(free_port)
+bin/linesink -listen "$TCP_ADDRESS" -out "$PTOP_OUT/cases-tcp.lines" &
+linesink_pid=$!
+if [[ ${DEMO_KEEP_SERVICES:-} != 1 ]]; then
+	trap 'kill "$linesink_pid" 2>/dev/null; scripts/services.sh down' EXIT
+else
+	trap 'kill "$linesink_pid" 2>/dev/null' EXIT
+fi
+log "TCP listener (logstash stand-in) at $TCP_ADDRESS"
 log "running the pillows in pipelines/; records go to $PTOP_OUT/ (Ctrl-C stops)"
 rc=0
 if [[ -n ${DEMO_SECONDS:-} ]]; then
@@ -54,7 +68,12 @@ else
 fi
 
 log "records written:"
-for f in "$PTOP_OUT"/*.jsonl; do
-	[[ -e $f ]] && printf '  %-40s %s\n' "${f#"$PTOP_ROOT"/}" "$(wc -l <"$f")" >&2
+for f in "$PTOP_OUT"/*.jsonl "$PTOP_OUT"/*.lines; do
+	[[ -e $f ]] && printf '  %-40s %s lines\n' "${f#"$PTOP_ROOT"/}" "$(wc -l <"$f")" >&2
 done
+curl -fsS -X POST "$ES_URL/case-search/_refresh" >/dev/null 2>&1 || true
+printf '  %-40s %s documents\n' "OpenSearch index case-search" \
+	"$(curl -fsS "$ES_URL/case-search/_count" 2>/dev/null | sed -n 's/.*"count":\([0-9]*\).*/\1/p')" >&2
+printf '  %-40s %s rows\n' "PostgreSQL table cases" \
+	"$("$PG_BINDIR/psql" -X -qtA "$PG_DSN" -c 'select count(*) from cases' 2>/dev/null || echo '?')" >&2
 exit "$rc"
