@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"runtime"
@@ -172,24 +173,32 @@ func (p *Pillow) Run(ctx context.Context) error {
 		}
 	}
 	defer p.closeSinks()
+	// A checkpoint store of its own (not the source) holds connections.
+	if c, ok := p.cps.(io.Closer); ok && any(p.cps) != any(s.source) {
+		defer c.Close()
+	}
 	p.log.Info("pillow started", "since", since, "sinks", len(s.outputs))
 
 	workers, err := p.newWorkers()
 	if err != nil {
 		return err
 	}
+	if err := p.loadFailed(ctx); err != nil {
+		return startErr(s.Name, "reading the error store", err)
+	}
+	// read stops the source and the retrier: when ctx is done, or when a
+	// sink fails for good.
+	read, stopReading := context.WithCancel(ctx)
+	defer stopReading()
 	changes := make(chan Change, 2*s.Batch.Size)
 	var srcErr error
 	go func() {
 		defer close(changes)
-		srcErr = s.source.Run(ctx, since, changes)
+		srcErr = s.source.Run(read, since, changes)
 	}()
-	if err := p.loadFailed(ctx); err != nil {
-		return startErr(s.Name, "reading the error store", err)
-	}
 	retries := make(chan []Change)
 	if p.reader != nil {
-		go p.retrier(ctx, retries)
+		go p.retrier(read, retries)
 	}
 	batches := make(chan *batch, 1)
 	go p.batcher(changes, retries, batches)
@@ -207,6 +216,7 @@ func (p *Pillow) Run(ctx context.Context) error {
 			continue // drain the pipeline; nothing more is checkpointed
 		}
 		if writeErr = p.write(work, b); writeErr != nil {
+			stopReading()
 			continue
 		}
 		if b.retry {
@@ -225,6 +235,9 @@ func (p *Pillow) Run(ctx context.Context) error {
 		p.checkpointTime.Store(time.Now().UnixNano())
 	}
 	if writeErr != nil {
+		if IsPermanent(writeErr) {
+			return fmt.Errorf("pillow %s: %w", s.Name, writeErr)
+		}
 		p.log.Warn("stopped before everything read was written; it is read again on the next start", "error", writeErr)
 		return nil
 	}

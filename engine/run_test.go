@@ -677,3 +677,23 @@ func TestRetryPolicyNext(t *testing.T) {
 		t.Fatalf("Next = %v, want %v", got, want)
 	}
 }
+
+func TestPermanentWriteErrorStopsPillow(t *testing.T) {
+	src := &chanSource{in: make(chan Change, 1)}
+	src.in <- Change{ID: "a", Seq: "1", Doc: map[string]any{}}
+	s := testSpec(t, "", "", src, permanentSink{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := NewPillow(s, RunOptions{Log: quietLog()}).Run(ctx)
+	if err == nil || err.Error() != "pillow test: table gone" || ctx.Err() != nil {
+		t.Fatalf("Run = %v (ctx %v), want the permanent error at once", err, ctx.Err())
+	}
+}
+
+type permanentSink struct{}
+
+func (permanentSink) Open(context.Context) error { return nil }
+func (permanentSink) Close() error               { return nil }
+func (permanentSink) Write(context.Context, []Record) error {
+	return Permanent(errors.New("table gone"))
+}

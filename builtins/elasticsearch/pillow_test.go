@@ -82,7 +82,7 @@ sinks:
 		update(fmt.Sprintf("case-%04d", i), 1000+i)
 		remove(fmt.Sprintf("case-%04d", 100+i))
 	}
-	time.Sleep(3 * time.Second) // the pillow keeps retrying meanwhile
+	time.Sleep(20 * time.Second) // an outage of ~20 s; the pillow keeps retrying meanwhile
 	srv.Restart(t)
 	waitForState(t, srv, "cases", want)
 	p1.stop(t)

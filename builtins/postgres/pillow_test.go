@@ -114,7 +114,7 @@ sinks:
 	// Stopped (clients see 57P01 admin shutdown, then connection refused).
 	pg.Stop(t)
 	bulk(t, couch, "cases", 300, 500, nil)
-	time.Sleep(3 * time.Second)
+	time.Sleep(20 * time.Second) // an outage of ~20 s: the pillow keeps retrying
 	pg.Restart(t)
 	waitFor(t, "500 rows after a stop", func() bool { return rows() == 500 })
 

@@ -86,7 +86,7 @@ func TestPillowThroughOutage(t *testing.T) {
 	}
 	waitCheckpoint := func(want string) {
 		t.Helper()
-		for deadline := time.Now().Add(20 * time.Second); checkpoint() != want; time.Sleep(20 * time.Millisecond) {
+		for deadline := time.Now().Add(60 * time.Second); checkpoint() != want; time.Sleep(20 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatalf("checkpoint %q, want %q", checkpoint(), want)
 			}
@@ -126,7 +126,7 @@ func TestPillowThroughOutage(t *testing.T) {
 	written := pl.Stats.Written.Load()
 	put(10, 20)
 	couch.Delete(t, "cases", "case-3", revs["case-3"])
-	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) { // an outage of ~20 s
 		if cp := checkpoint(); cp != "10" || pl.Stats.Written.Load() != written {
 			t.Fatalf("with the peer down: checkpoint %q, %d records written (was %d)", cp, pl.Stats.Written.Load(), written)
 		}
