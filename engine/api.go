@@ -91,6 +91,21 @@ type TransactionalSink interface {
 	WriteCheckpointed(ctx context.Context, records []Record, pillow, seq string) error
 }
 
+// Rebuildable is a sink whose destination `ptop reindex` can rebuild beside
+// the live one: a new physical index behind an alias, a shadow table.
+type Rebuildable interface {
+	Sink
+	// RebuildTarget returns a sink that writes into the new destination,
+	// creating it if missing and reusing it if it exists (a reindex resumes
+	// after an interruption). It is opened and closed like any sink.
+	RebuildTarget(ctx context.Context) (Sink, error)
+	// Promote makes the new destination the live one, atomically (an alias
+	// flip, tables swapped by rename in one transaction), so that the live
+	// pillow's writes go to it from then on; the old destination is
+	// dropped unless keepOld. It returns a description of what it did.
+	Promote(ctx context.Context, keepOld bool) (string, error)
+}
+
 // RecordError is the failure of one record of a batch.
 type RecordError struct {
 	Index int // in the batch given to Write
@@ -226,6 +241,10 @@ type BuildContext struct {
 	File   string       // the pillow file's path
 	Dir    string       // its directory, for relative paths
 	Log    *slog.Logger // tagged with the pillow's name
+	// AddToHash adds the content of a file the definition depends on (a
+	// mapping file) to the pillow's hash, so that a reload notices its
+	// change.
+	AddToHash func(data []byte)
 }
 
 type plugin struct {

@@ -323,11 +323,13 @@ func parse(path string, data []byte, lookup func(string) (string, bool)) (*Spec,
 			s.transform = t
 		}
 	}
-	s.Hash = hex.EncodeToString(h.Sum(nil))
 	if len(errs) > 0 {
+		s.Hash = hex.EncodeToString(h.Sum(nil))
 		return s, errs.Err()
 	}
-	bc := BuildContext{Pillow: s.Name, File: path, Dir: dir, Log: slog.Default().With("pillow", s.Name)}
+	bc := BuildContext{Pillow: s.Name, File: path, Dir: dir, Log: slog.Default().With("pillow", s.Name),
+		AddToHash: func(data []byte) { h.Write(data) }}
+	defer func() { s.Hash = hex.EncodeToString(h.Sum(nil)) }()
 	src2, err := sources[s.Source.Type].build(s.Source.Config, bc)
 	if err != nil {
 		errs.Append(s.Source.Pos, err)
