@@ -28,6 +28,16 @@ type RunOptions struct {
 	// Metrics counts what the pillows do; nil counts into metrics that are
 	// registered nowhere.
 	Metrics *Metrics
+	// CheckpointName is the name the checkpoint is kept under; default the
+	// pillow's name. (A reindex keeps its own position beside the live
+	// pillow's, while its failures go to the live pillow's error store.)
+	CheckpointName string
+	// Since is where to start when there is no checkpoint; default the
+	// source's configured start.
+	Since string
+	// NoRetries leaves the error store's entries to another run of the
+	// pillow: failures are recorded, but none is retried.
+	NoRetries bool
 	// DrainTimeout bounds the flush after ctx is cancelled: what is not
 	// written by then is not checkpointed either, and is read again on the
 	// next start. Default 10s.
@@ -96,6 +106,9 @@ func NewPillow(spec *Spec, opts RunOptions) *Pillow {
 	if opts.Metrics == nil {
 		opts.Metrics = NewMetrics(nil)
 	}
+	if opts.CheckpointName == "" {
+		opts.CheckpointName = spec.Name
+	}
 	log := opts.Log.With("pillow", spec.Name)
 	p := &Pillow{Spec: spec, opts: opts, log: log, cps: opts.Checkpoints, errs: opts.Errors}
 	if p.errs == nil {
@@ -111,7 +124,9 @@ func NewPillow(spec *Spec, opts RunOptions) *Pillow {
 	if p.errs == nil {
 		p.errs = LogErrorStore{Log: log}
 	}
-	p.reader, _ = spec.source.(DocReader)
+	if !opts.NoRetries {
+		p.reader, _ = spec.source.(DocReader)
+	}
 	if p.cps == nil {
 		p.cps = spec.cps
 	}
@@ -158,13 +173,16 @@ func (p *Pillow) Run(ctx context.Context) error {
 	if p.cps != nil {
 		var err error
 		err = retry(ctx, p.log, "load checkpoint", func() error {
-			since, err = p.cps.LoadCheckpoint(ctx, s.Name)
+			since, err = p.cps.LoadCheckpoint(ctx, p.opts.CheckpointName)
 			return err
 		})
 		if err != nil {
 			return startErr(s.Name, "loading the checkpoint", err)
 		}
 		p.Stats.Checkpoint.Store(since)
+	}
+	if since == "" {
+		since = p.opts.Since
 	}
 	for _, o := range s.outputs {
 		if err := retry(ctx, p.log.With("sink", o.Name), "open sink", func() error { return o.Sink.Open(ctx) }); err != nil {
@@ -226,7 +244,7 @@ func (p *Pillow) Run(ctx context.Context) error {
 			continue
 		}
 		if p.txSink == "" {
-			if err := p.cps.SaveCheckpoint(work, s.Name, b.lastSeq); err != nil {
+			if err := p.cps.SaveCheckpoint(work, p.opts.CheckpointName, b.lastSeq); err != nil {
 				p.log.Warn("checkpoint not saved; the next one will cover it", "seq", b.lastSeq, "error", err)
 				continue
 			}
@@ -471,7 +489,7 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 		return retry(ctx, p.log.With("sink", o.Name), "write", func() error {
 			var err error
 			if ts, ok := o.Sink.(TransactionalSink); ok && o.Name == p.txSink {
-				err = ts.WriteCheckpointed(ctx, b.records, p.Spec.Name, b.lastSeq)
+				err = ts.WriteCheckpointed(ctx, b.records, p.opts.CheckpointName, b.lastSeq)
 			} else if len(b.records) > 0 {
 				err = o.Sink.Write(ctx, b.records)
 			}

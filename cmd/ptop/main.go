@@ -27,6 +27,7 @@ const usage = `ptop follows CouchDB _changes feeds through pillows into sinks.
 Usage:
   ptop run [DIR] [--pillow NAME]...   run the pillows in DIR (default pipelines/)
   ptop validate [DIR or FILE]...      load and compile pillows; touch no network
+  ptop reindex NAME [--keep-old]      rebuild a pillow's index or table from the start, then flip
   ptop status [DIR]                   checkpoint, pending changes and failed changes per pillow
   ptop errors [NAME]                  list failed changes; also: errors retry NAME [ID]..., errors purge [NAME [ID]...]
   ptop test [DIR] [-v]                run the examples in NAME.test.yaml beside each pillow NAME.yaml
@@ -54,6 +55,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdErrors(args[1:], stdout, stderr)
 	case "status":
 		return cmdStatus(args[1:], stdout, stderr)
+	case "reindex":
+		return cmdReindex(args[1:], stdout, stderr)
 	case "test":
 		return cmdTest(args[1:], stdout, stderr)
 	case "schema":

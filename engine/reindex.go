@@ -1,0 +1,181 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// ReindexOptions tune Reindex.
+type ReindexOptions struct {
+	Log *slog.Logger
+	// KeepOld keeps the destinations that the rebuilt ones replace.
+	KeepOld bool
+	// Progress, when set, is called about every Every with the reindex's
+	// progress (default every second).
+	Progress func(ReindexProgress)
+	Every    time.Duration
+	Metrics  *Metrics
+}
+
+// ReindexProgress is how far a reindex is.
+type ReindexProgress struct {
+	Phase  string // "rebuild" (into the new destinations) or "catch-up" (after the flip)
+	Done   int64  // the checkpoint's sequence number
+	Target int64  // the sequence number the phase runs to
+	Seen   int64  // changes read in this run
+	Rate   float64
+	ETA    time.Duration // -1 when unknown
+}
+
+// Reindex rebuilds a pillow's rebuildable sinks (see Rebuildable) from the
+// start of its feed while the live pillow keeps running: it fills new
+// destinations up to the feed's position when it started, flips them live
+// (alias, table rename), then reads what the live pillow wrote into the old
+// ones meanwhile again into the new ones, up to the feed's position after
+// the flip. From the flip on, the live pillow's own writes go to the new
+// destinations. It is resumable: interrupted, it goes on from its own
+// checkpoints (NAME.reindex, then NAME.reindex-catchup). Failed changes go
+// to the live pillow's error store, which retries them into the new
+// destinations.
+func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.Every == 0 {
+		opts.Every = time.Second
+	}
+	log := opts.Log.With("pillow", s.Name)
+	pc, ok := s.source.(PendingCounter)
+	if !ok {
+		return fmt.Errorf("pillow %s: its source cannot tell the feed's position, which a reindex needs", s.Name)
+	}
+	if s.cps == nil {
+		return fmt.Errorf("pillow %s: no checkpoint store to keep the reindex's position in", s.Name)
+	}
+	var rebuild []Rebuildable
+	var live []NamedSink
+	for _, o := range s.outputs {
+		if r, ok := o.Sink.(Rebuildable); ok {
+			rebuild = append(rebuild, r)
+			live = append(live, o)
+		} else {
+			log.Warn("sink is not rebuilt by a reindex; it keeps what the live pillow writes", "sink", o.Name)
+		}
+	}
+	if len(rebuild) == 0 {
+		return fmt.Errorf("pillow %s: none of its sinks can be rebuilt (elasticsearch with a mapping_file, postgres)", s.Name)
+	}
+	rebuildName, catchupName := s.Name+".reindex", s.Name+".reindex-catchup"
+	catchupAt, err := s.cps.LoadCheckpoint(ctx, catchupName)
+	if err != nil {
+		return fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
+	if catchupAt == "" || catchupAt == "0" {
+		var targets []NamedSink
+		for i, r := range rebuild {
+			t, err := r.RebuildTarget(ctx)
+			if err != nil {
+				return fmt.Errorf("pillow %s: sink %s: %w", s.Name, live[i].Name, err)
+			}
+			targets = append(targets, NamedSink{Name: live[i].Name, Sink: t})
+		}
+		end, err := pc.Pending(ctx, "0")
+		if err != nil {
+			return fmt.Errorf("pillow %s: %w", s.Name, err)
+		}
+		log.Info("reindex: rebuilding from the start of the feed", "to", end)
+		at, err := runUntil(ctx, s, targets, rebuildName, end, "rebuild", opts)
+		if err != nil {
+			return err
+		}
+		// The catch-up starts where the rebuild ended; saved before the
+		// flip, so that an interruption after it resumes the catch-up.
+		if err := s.cps.SaveCheckpoint(ctx, catchupName, at); err != nil {
+			return fmt.Errorf("pillow %s: %w", s.Name, err)
+		}
+		for i, r := range rebuild {
+			what, err := r.Promote(ctx, opts.KeepOld)
+			if err != nil {
+				return fmt.Errorf("pillow %s: sink %s: flipping to the rebuilt destination: %w", s.Name, live[i].Name, err)
+			}
+			log.Info("reindex: flipped", "sink", live[i].Name, "what", what)
+		}
+	} else {
+		log.Info("reindex: resuming the catch-up after the flip", "from", catchupAt)
+	}
+	end, err := pc.Pending(ctx, "0")
+	if err != nil {
+		return fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
+	if _, err := runUntil(ctx, s, live, catchupName, end, "catch-up", opts); err != nil {
+		return err
+	}
+	for _, n := range []string{rebuildName, catchupName} {
+		if err := s.cps.SaveCheckpoint(ctx, n, "0"); err != nil {
+			return fmt.Errorf("pillow %s: %w", s.Name, err)
+		}
+	}
+	log.Info("reindex: complete")
+	return nil
+}
+
+// runUntil runs the pillow's feed into sinks, keeping its position under
+// cpName, until the checkpoint reaches target (a sequence number), and
+// returns that checkpoint.
+func runUntil(ctx context.Context, s *Spec, sinks []NamedSink, cpName string, target int64, phase string, opts ReindexOptions) (string, error) {
+	rs := *s
+	rs.outputs = sinks
+	p := NewPillow(&rs, RunOptions{Log: opts.Log, Metrics: opts.Metrics, CheckpointName: cpName, Since: "0", NoRetries: true})
+	p.txSink = ""
+	for _, o := range sinks {
+		if ts, ok := o.Sink.(TransactionalSink); ok && ts.SharesStore(p.cps) {
+			p.txSink = o.Name
+			break
+		}
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- p.Run(runCtx) }()
+	start, startSeen := time.Now(), int64(-1)
+	tick := time.NewTicker(opts.Every)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			if err == nil {
+				err = ctx.Err()
+			}
+			if err == nil {
+				err = errors.New("the feed ended before the reindex reached its end")
+			}
+			return "", fmt.Errorf("pillow %s: reindex %s: %w", s.Name, phase, err)
+		case <-tick.C:
+		}
+		cp, _ := p.Stats.Checkpoint.Load().(string)
+		at := seqNumber(cp)
+		seen := p.Stats.Seen.Load()
+		if startSeen < 0 {
+			startSeen = 0
+		}
+		if opts.Progress != nil {
+			rate := float64(seen-startSeen) / time.Since(start).Seconds()
+			eta := time.Duration(-1)
+			if rate > 0 && at >= 0 {
+				eta = time.Duration(float64(max(target-at, 0)) / rate * float64(time.Second))
+			}
+			opts.Progress(ReindexProgress{Phase: phase, Done: max(at, 0), Target: target, Seen: seen, Rate: rate, ETA: eta})
+		}
+		if max(at, 0) >= target {
+			stop()
+			if err := <-done; err != nil {
+				return "", fmt.Errorf("pillow %s: reindex %s: %w", s.Name, phase, err)
+			}
+			cp, _ = p.Stats.Checkpoint.Load().(string)
+			return cp, nil
+		}
+	}
+}
