@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 )
 
@@ -18,7 +19,14 @@ type ReindexOptions struct {
 	Progress func(ReindexProgress)
 	Every    time.Duration
 	Metrics  *Metrics
+	// Resume says how to go on after a reindex that stopped while
+	// flipping: "flipped" (the flips happened: catch up) or "restart"
+	// (rebuild from the start).
+	Resume string
 }
+
+// flipping marks the catch-up checkpoint while the flips are under way.
+const flipping = "flipping:"
 
 // ReindexProgress is how far a reindex is.
 type ReindexProgress struct {
@@ -73,6 +81,22 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 	if err != nil {
 		return fmt.Errorf("pillow %s: %w", s.Name, err)
 	}
+	if at, ok := strings.CutPrefix(catchupAt, flipping); ok {
+		// Stopped while flipping: whether each flip happened is not known.
+		switch opts.Resume {
+		case "flipped":
+			catchupAt = at
+		case "restart":
+			catchupAt = ""
+			if err := s.cps.SaveCheckpoint(ctx, rebuildName, "0"); err != nil {
+				return fmt.Errorf("pillow %s: %w", s.Name, err)
+			}
+		default:
+			return fmt.Errorf("pillow %s: the last reindex stopped while flipping to the rebuilt destinations; "+
+				"check them, then run it again with --resume flipped (the alias or table now is the rebuilt one) "+
+				"or --resume restart (it is not: rebuild from the start)", s.Name)
+		}
+	}
 	if catchupAt == "" || catchupAt == "0" {
 		var targets []NamedSink
 		for i, r := range rebuild {
@@ -91,17 +115,23 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 		if err != nil {
 			return err
 		}
-		// The catch-up starts where the rebuild ended; saved before the
-		// flip, so that an interruption after it resumes the catch-up.
-		if err := s.cps.SaveCheckpoint(ctx, catchupName, at); err != nil {
+		// The catch-up starts where the rebuild ended. A mark saved before
+		// the flip tells a later run that it may have stopped halfway.
+		if err := s.cps.SaveCheckpoint(ctx, catchupName, flipping+at); err != nil {
 			return fmt.Errorf("pillow %s: %w", s.Name, err)
 		}
+		// The flips are not interrupted by ctx: a half-done flip is worse
+		// than a late exit.
+		flipCtx := context.WithoutCancel(ctx)
 		for i, r := range rebuild {
-			what, err := r.Promote(ctx, opts.KeepOld)
+			what, err := r.Promote(flipCtx, opts.KeepOld)
 			if err != nil {
 				return fmt.Errorf("pillow %s: sink %s: flipping to the rebuilt destination: %w", s.Name, live[i].Name, err)
 			}
 			log.Info("reindex: flipped", "sink", live[i].Name, "what", what)
+		}
+		if err := s.cps.SaveCheckpoint(flipCtx, catchupName, at); err != nil {
+			return fmt.Errorf("pillow %s: %w", s.Name, err)
 		}
 	} else {
 		log.Info("reindex: resuming the catch-up after the flip", "from", catchupAt)

@@ -221,8 +221,12 @@ func judge(it *bulkItem, isDelete bool) (verdict, string) {
 	case it.Status == 0:
 		return itemFatal, "an item without a status"
 	case it.Error != nil && it.Error.Type == "index_not_found_exception":
-		// The server creates no index by itself here: a setup problem,
-		// not the record's.
+		// The server creates no index by itself here (or the alias is
+		// missing): a setup problem, not the record's.
+		return itemFatal, why
+	case it.Error != nil && it.Error.Type == "cluster_block_exception":
+		// The index is read-only (a full disk, a kept old index): a
+		// problem of the index, not the record's.
 		return itemFatal, why
 	case it.Status == 429 || it.Status >= 500:
 		return itemRetry, why

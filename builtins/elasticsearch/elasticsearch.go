@@ -45,10 +45,31 @@
 // the records in the index INDEX-HASH, where HASH is the first 8 hex
 // digits of the sha256 of the canonical mappings and settings, creates it
 // if it is missing and points the alias at it if the alias does not
-// exist. If the alias points at another index — the mapping changed —
-// the pillow does not start: the new mapping needs a reindex. Without
-// mapping_file, records go to index as named, and the server creates it
-// on the first write with dynamic mappings if it is missing.
+// exist. The mappings and settings count in the pillow's hash, so that a
+// reload restarts a pillow whose mapping file changed. Records are
+// written through the alias (with require_alias, so that a missing alias
+// is an error rather than a new index with dynamic mappings): once a
+// reindex has flipped the alias to a rebuilt index, a pillow still
+// running the previous definition writes into the new index. Open checks
+// that the alias points at this definition's index — INDEX-HASH, or
+// INDEX-HASH-rSECONDS that a reindex with the same mapping built — and
+// nowhere else; if it points at another index, the mapping changed and
+// the pillow does not start: run ptop reindex. Without mapping_file,
+// records go to index as named, and the server creates it on the first
+// write with dynamic mappings if it is missing.
+//
+// # Reindex
+//
+// The sink is an engine.Rebuildable when it manages an alias. Its
+// RebuildTarget is an index beside the live one: INDEX-HASH when the
+// alias points elsewhere (the mapping changed), else INDEX-HASH-rSECONDS
+// (the same mapping, rebuilt for a changed transform). An existing one
+// that the alias does not point at is reused: a reindex resumes into the
+// index it had begun. Promote points the alias at it, removing it from
+// the previous index in the same atomic request, then deletes the
+// previous index; with keepOld it keeps it with writes blocked
+// (index.blocks.write), which also tells a later reindex not to reuse it
+// as a half-built target.
 //
 // # Failures
 //
@@ -100,8 +121,16 @@ type Sink struct {
 	alias    string // cfg.Index
 	body     []byte // create-index body; nil when the index is not managed
 	physical string // the managed index (alias-hash), or ""
-	target   string // where records are written
+	rebuild  bool   // writes straight into target, an index a reindex builds (RebuildTarget)
+	target   string // where records are written: the alias, an index, or the index being rebuilt
+	current  string // the index the alias pointed at when Open checked it
 	bulkURL  string
+	// requireAlias asks _bulk to write only through an alias: it is
+	// dropped for servers that do not know the flag (before 7.10).
+	requireAlias bool
+
+	rmu     sync.Mutex
+	rebuilt string // the index RebuildTarget chose, which Promote flips to
 
 	mu  sync.Mutex
 	enc encoder
@@ -163,22 +192,47 @@ func New(cfg *Config, bc engine.BuildContext) (engine.Sink, error) {
 		}
 		s.body = body
 		s.physical = physicalName(cfg.Index, body)
-		s.target = s.physical
+		s.requireAlias = true
+		if bc.AddToHash != nil {
+			bc.AddToHash(body)
+		}
 	}
-	s.bulkURL = s.base + "/" + url.PathEscape(s.target) + "/_bulk?filter_path=errors,items.*.status,items.*.error"
+	s.setBulkURL()
 	s.enc.init()
 	return s, nil
 }
 
-// Index is the index that records are written to: the managed index
-// (ALIAS-HASH) when there is a mapping, else the configured index.
-func (s *Sink) Index() string { return s.target }
+func (s *Sink) setBulkURL() {
+	s.bulkURL = s.base + "/" + url.PathEscape(s.target) + "/_bulk?"
+	if s.requireAlias {
+		s.bulkURL += "require_alias=true&"
+	}
+	s.bulkURL += "filter_path=errors,items.*.status,items.*.error"
+}
+
+// Index is the index that holds the records: with a mapping, the index
+// the alias pointed at when Open checked it (before Open, ALIAS-HASH);
+// for a RebuildTarget, the index it builds; else the configured index.
+func (s *Sink) Index() string {
+	switch {
+	case s.current != "":
+		return s.current
+	case s.physical != "" && !s.rebuild:
+		return s.physical
+	}
+	return s.target
+}
 
 // Open implements engine.Sink: it checks that the server answers and
 // accepts the credentials, and with a mapping creates the index and its
 // alias (see the package doc). A changed mapping, refused credentials and
-// a mapping the server rejects are permanent errors.
+// a mapping the server rejects are permanent errors. The sink of a
+// RebuildTarget creates its index if it is missing and leaves the alias
+// alone.
 func (s *Sink) Open(ctx context.Context) error {
+	if s.rebuild {
+		return s.createIndex(ctx, s.target)
+	}
 	if s.body == nil {
 		status, body, err := s.do(ctx, http.MethodGet, "/"+url.PathEscape(s.target)+"?filter_path=*.settings.index.uuid", nil)
 		if err != nil {
@@ -218,18 +272,8 @@ func (s *Sink) ensureIndex(ctx context.Context) error {
 		return s.openError("checking index "+s.alias, status, body)
 	}
 
-	status, body, err = s.do(ctx, http.MethodPut, "/"+url.PathEscape(s.physical), s.body)
-	if err != nil {
+	if err := s.createIndex(ctx, s.physical); err != nil {
 		return err
-	}
-	switch {
-	case status == http.StatusOK:
-		s.log.Info("created index", "index", s.physical)
-	case errorType(body) == "resource_already_exists_exception":
-	case status == http.StatusBadRequest:
-		return engine.Permanent(s.httpError("creating index "+s.physical+" (the server refused the mappings or settings)", status, body))
-	default:
-		return s.openError("creating index "+s.physical, status, body)
 	}
 
 	act := fmt.Sprintf(`{"actions":[{"add":{"index":%q,"alias":%q}}]}`, s.physical, s.alias)
@@ -253,6 +297,25 @@ func (s *Sink) ensureIndex(ctx context.Context) error {
 		return err
 	}
 	s.log.Info("pointed alias at index", "alias", s.alias, "index", s.physical)
+	return nil
+}
+
+// createIndex creates the index name with the mappings and settings,
+// unless it exists.
+func (s *Sink) createIndex(ctx context.Context, name string) error {
+	status, body, err := s.do(ctx, http.MethodPut, "/"+url.PathEscape(name), s.body)
+	if err != nil {
+		return err
+	}
+	switch {
+	case status == http.StatusOK:
+		s.log.Info("created index", "index", name)
+	case errorType(body) == "resource_already_exists_exception":
+	case status == http.StatusBadRequest:
+		return engine.Permanent(s.httpError("creating index "+name+" (the server refused the mappings or settings)", status, body))
+	default:
+		return s.openError("creating index "+name, status, body)
+	}
 	return nil
 }
 
@@ -282,16 +345,43 @@ func (s *Sink) aliasTargets(ctx context.Context) ([]string, error) {
 	return names, nil
 }
 
+// checkAlias checks that the alias points at this definition's index
+// (ALIAS-HASH, or ALIAS-HASH-rSECONDS), and at no other: writes go
+// through it.
 func (s *Sink) checkAlias(points []string) error {
-	if len(points) == 1 && points[0] == s.physical {
+	if len(points) == 1 && s.ownsIndex(points[0]) {
+		s.current = points[0]
 		return nil
 	}
-	if slices.Contains(points, s.physical) {
-		s.log.Warn("alias points at several indexes; writing to this mapping's", "alias", s.alias, "indexes", points, "index", s.physical)
-		return nil
+	if slices.ContainsFunc(points, s.ownsIndex) {
+		return engine.Permanent(fmt.Errorf("alias %s points at several indexes (%s): ptop writes through the alias, which needs it to point at one; remove it from all but %s",
+			s.alias, strings.Join(points, ", "), points[slices.IndexFunc(points, s.ownsIndex)]))
 	}
 	return engine.Permanent(fmt.Errorf("mapping changed: alias %s points at %s, mapping_file gives %s; run ptop reindex",
 		s.alias, strings.Join(points, ", "), s.physical))
+}
+
+// ownsIndex reports whether name is an index of this definition's
+// mapping: ALIAS-HASH, or ALIAS-HASH-rDIGITS that a reindex built.
+func (s *Sink) ownsIndex(name string) bool {
+	_, ok := s.rebuildNumber(name)
+	return name == s.physical || ok
+}
+
+// rebuildNumber returns N of an index named ALIAS-HASH-rN.
+func (s *Sink) rebuildNumber(name string) (int64, bool) {
+	digits, ok := strings.CutPrefix(name, s.physical+"-r")
+	if !ok || digits == "" || len(digits) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
 }
 
 // openError is the error of a request of Open: permanent for refused
@@ -526,6 +616,13 @@ func (s *Sink) bulk(ctx context.Context, part []span) ([]bulkItem, error) {
 		return nil, fmt.Errorf("_bulk at %s: reading the response: %w", s.redacted, err)
 	}
 	if resp.StatusCode != http.StatusOK {
+		if s.requireAlias && resp.StatusCode == http.StatusBadRequest && bytes.Contains(s.in.Bytes(), []byte("require_alias")) {
+			// A server older than 7.10 that does not know the flag.
+			s.log.Warn("the server does not know require_alias; writing through the alias without it", "alias", s.alias)
+			s.requireAlias = false
+			s.setBulkURL()
+			return s.bulk(ctx, part)
+		}
 		return nil, s.httpError("_bulk", resp.StatusCode, s.in.Bytes())
 	}
 	return parseBulkResponse(s.in.Bytes())

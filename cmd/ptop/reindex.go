@@ -18,6 +18,7 @@ func cmdReindex(args []string, stdout, stderr io.Writer) int {
 	dir := fs.String("dir", "pipelines", "the pillows' directory")
 	keepOld := fs.Bool("keep-old", false, "keep the index or table that the rebuilt one replaces")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	resume := fs.String("resume", "", `after a reindex that stopped while flipping: "flipped" or "restart"`)
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return 2
@@ -49,7 +50,11 @@ func cmdReindex(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	bar := newProgressBar(stderr)
-	err = engine.Reindex(ctx, spec, engine.ReindexOptions{Log: log, KeepOld: *keepOld, Progress: bar.show})
+	if *resume != "" && *resume != "flipped" && *resume != "restart" {
+		fmt.Fprintln(stderr, `ptop reindex: --resume is "flipped" or "restart"`)
+		return 2
+	}
+	err = engine.Reindex(ctx, spec, engine.ReindexOptions{Log: log, KeepOld: *keepOld, Progress: bar.show, Resume: *resume})
 	bar.end()
 	if err != nil {
 		if ctx.Err() != nil {
