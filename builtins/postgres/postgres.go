@@ -75,6 +75,16 @@
 // database and user, that sink saves the checkpoint in the transaction of
 // each batch: the table and the checkpoint never disagree, even after a
 // crash (exactly once into that table).
+//
+// # Reindex
+//
+// `ptop reindex` rebuilds the table as TABLE__reindex, in the live table's
+// schema, made as create: true would make it (with or without create),
+// then swaps it in by renames in one transaction: readers and the running
+// pillow's sink go on with the new table. The live table's other indexes
+// and its privileges are carried over; TABLE__old is kept only when asked.
+// The table's name must leave room for the suffix: at most 54 bytes. See
+// rebuild.go.
 package postgres
 
 import (
@@ -109,15 +119,25 @@ type Sink struct {
 	log       *slog.Logger
 	poolCfg   *pgxpool.Config
 	conn      string         // server, database and user, to compare with a checkpoint store
-	table     pgx.Identifier // quoted in SQL
+	table     pgx.Identifier // as configured, quoted in SQL
 	tableName string         // as configured, for messages
 	columns   []string       // data columns, in the configured order
 
 	mu      sync.Mutex
+	dst     dest // the table written
+	dstGen  int  // counts changes of dst
 	pool    *pgxpool.Pool
 	sch     *schema      // nil until checked, and after a schema error
 	cps     *Checkpoints // the checkpoint store in this database, if any
 	cpReady bool         // its table exists
+
+	// Rebuilds (rebuild.go): rebuildOf is the sink whose RebuildTarget
+	// made this one; targets are the sinks this one's RebuildTarget made,
+	// moved to this sink's table when Promote swaps it in.
+	rebuildOf *Sink
+	targets   []*Sink
+	// promoteWait, when set, replaces promoteLockTimeout (tests).
+	promoteWait time.Duration
 
 	// allNew: the last batch found none of its keys in the table, so the
 	// next one tries COPY for all its records at once.
@@ -142,6 +162,7 @@ func New(cfg *Config, bc engine.BuildContext) (engine.Sink, error) {
 		table:     pgx.Identifier(table),
 		tableName: cfg.Table,
 	}
+	s.dst = dest{table: s.table, name: s.tableName, create: cfg.Create}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -221,11 +242,21 @@ func (s *Sink) getPool(ctx context.Context) (*pgxpool.Pool, error) {
 	return s.pool, nil
 }
 
+// dest is the table a sink writes. It is the configured one, except for
+// the sink of a rebuild: the shadow table, then, once promoted, the
+// configured one.
+type dest struct {
+	table  pgx.Identifier // quoted in SQL
+	name   string         // for messages
+	create bool           // create the table and missing columns
+	shadow bool           // the shadow table of a rebuild
+}
+
 // schema returns the checked table's statements, checking it first when
 // needed.
 func (s *Sink) schema(ctx context.Context) (*schema, error) {
 	s.mu.Lock()
-	sch := s.sch
+	sch, d, gen := s.sch, s.dst, s.dstGen
 	s.mu.Unlock()
 	if sch != nil {
 		return sch, nil
@@ -241,12 +272,14 @@ func (s *Sink) schema(ctx context.Context) (*schema, error) {
 		return nil, classify(err)
 	}
 	defer conn.Release()
-	sch, err = s.ensureSchema(ctx, conn)
+	sch, err = s.ensureSchema(ctx, conn, d)
 	if err != nil {
 		return nil, classify(err)
 	}
 	s.mu.Lock()
-	s.sch = sch
+	if s.dstGen == gen { // else the sink moved to another table meanwhile
+		s.sch = sch
+	}
 	s.mu.Unlock()
 	return sch, nil
 }
@@ -397,10 +430,14 @@ func (s *Sink) write(ctx context.Context, records []engine.Record, pillow, seq s
 }
 
 // writeError classifies a batch's error; a table or column gone missing
-// makes the next write check the table again.
+// or changed makes the next write check the table again. (0A000 is "cached
+// plan must not change result type", after a table was replaced: pgx
+// forgets a statement that failed, and the engine writes the batch again.
+// The sink's statements return nothing that depends on the table, so a
+// reindex's swap does not cause it; see TestLiveSinkFollowsPromote.)
 func (s *Sink) writeError(err error) error {
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && (pe.Code == "42P01" || pe.Code == "42703" || pe.Code == "42804") {
+	if errors.As(err, &pe) && (pe.Code == "42P01" || pe.Code == "42703" || pe.Code == "42804" || pe.Code == "0A000") {
 		s.mu.Lock()
 		s.sch = nil
 		s.mu.Unlock()

@@ -67,7 +67,7 @@ func tableColumns(ctx context.Context, q querier, table pgx.Identifier) (map[str
 // ensureSchema checks the table (creating what is missing when the sink
 // may) and prepares the statements. Problems that a retry cannot fix are
 // engine.Permanent.
-func (s *Sink) ensureSchema(ctx context.Context, conn querier) (*schema, error) {
+func (s *Sink) ensureSchema(ctx context.Context, conn querier, d dest) (*schema, error) {
 	// The configured types must exist, whether the table does or not.
 	want := make(map[string]uint32, len(s.columns))
 	for _, c := range s.columns {
@@ -82,27 +82,30 @@ func (s *Sink) ensureSchema(ctx context.Context, conn querier) (*schema, error) 
 		}
 		want[c] = uint32(oid)
 	}
-	cols, err := tableColumns(ctx, conn, s.table)
+	cols, err := tableColumns(ctx, conn, d.table)
 	if err != nil {
 		return nil, err
 	}
 	if cols == nil {
-		if !s.cfg.Create {
-			return nil, engine.Permanent(fmt.Errorf("table %s does not exist: create it, or set create: true", s.tableName))
+		if d.shadow && !d.create {
+			return nil, engine.Permanent(fmt.Errorf("the rebuilt table %s is gone: it was promoted (by another sink than the one it was made by) or dropped", d.name))
 		}
-		if err := s.createTable(ctx, conn); err != nil {
+		if !d.create {
+			return nil, engine.Permanent(fmt.Errorf("table %s does not exist: create it, or set create: true", d.name))
+		}
+		if err := s.createTable(ctx, conn, d); err != nil {
 			return nil, err
 		}
-		s.log.Info("created table", "table", s.tableName)
-		if cols, err = tableColumns(ctx, conn, s.table); err != nil {
+		s.log.Info("created table", "table", d.name)
+		if cols, err = tableColumns(ctx, conn, d.table); err != nil {
 			return nil, err
 		}
 		if cols == nil {
-			return nil, fmt.Errorf("table %s was created but cannot be found (search_path?)", s.tableName)
+			return nil, fmt.Errorf("table %s was created but cannot be found (search_path?)", d.name)
 		}
 	}
 	if _, ok := cols[s.cfg.Key]; !ok {
-		return nil, engine.Permanent(fmt.Errorf("table %s has no key column %q", s.tableName, s.cfg.Key))
+		return nil, engine.Permanent(fmt.Errorf("table %s has no key column %q", d.name, s.cfg.Key))
 	}
 	var missing []string
 	for _, c := range s.managedColumns() {
@@ -110,11 +113,11 @@ func (s *Sink) ensureSchema(ctx context.Context, conn querier) (*schema, error) 
 			missing = append(missing, c.name)
 		}
 	}
-	if len(missing) > 0 && s.cfg.Create {
-		if err := s.addColumns(ctx, conn, missing); err != nil {
+	if len(missing) > 0 && d.create {
+		if err := s.addColumns(ctx, conn, d, missing); err != nil {
 			return nil, err
 		}
-		if cols, err = tableColumns(ctx, conn, s.table); err != nil {
+		if cols, err = tableColumns(ctx, conn, d.table); err != nil {
 			return nil, err
 		}
 		missing = missing[:0]
@@ -130,27 +133,27 @@ func (s *Sink) ensureSchema(ctx context.Context, conn querier) (*schema, error) 
 			defs = append(defs, "ADD COLUMN "+pgx.Identifier{m}.Sanitize()+" "+s.managedType(m))
 		}
 		return nil, engine.Permanent(fmt.Errorf("table %s has no column %s: add %s with ALTER TABLE %s %s, or set create: true",
-			s.tableName, quoteList(missing), plural(len(missing), "it", "them"), s.table.Sanitize(), strings.Join(defs, ", ")))
+			d.name, quoteList(missing), plural(len(missing), "it", "them"), d.table.Sanitize(), strings.Join(defs, ", ")))
 	}
 	var unique bool
 	err = conn.QueryRow(ctx, `SELECT EXISTS (
 		SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
 		WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = $2)`,
-		s.table.Sanitize(), s.cfg.Key).Scan(&unique)
+		d.table.Sanitize(), s.cfg.Key).Scan(&unique)
 	if err != nil {
 		return nil, err
 	}
 	if !unique {
 		return nil, engine.Permanent(fmt.Errorf("table %s has no primary key or unique index on its key column %q (upserts need one): ALTER TABLE %s ADD PRIMARY KEY (%s)",
-			s.tableName, s.cfg.Key, s.table.Sanitize(), pgx.Identifier{s.cfg.Key}.Sanitize()))
+			d.name, s.cfg.Key, d.table.Sanitize(), pgx.Identifier{s.cfg.Key}.Sanitize()))
 	}
 	for _, c := range s.columns {
 		if have := cols[c]; have.oid != want[c] {
 			s.log.Warn("column type differs from the configured one; values are converted to the column's type",
-				"table", s.tableName, "column", c, "configured", s.cfg.Columns[c], "actual", have.typ)
+				"table", d.name, "column", c, "configured", s.cfg.Columns[c], "actual", have.typ)
 		}
 	}
-	return s.prepare(cols), nil
+	return s.prepare(d, cols), nil
 }
 
 // managedColumns are the columns the sink writes besides the key, with
@@ -177,36 +180,36 @@ func (s *Sink) managedType(name string) string {
 
 // createTable creates the table, and its schema when named, under an
 // advisory lock so that pillows starting together do not race.
-func (s *Sink) createTable(ctx context.Context, conn querier) error {
+func (s *Sink) createTable(ctx context.Context, conn querier, d dest) error {
 	defs := []string{pgx.Identifier{s.cfg.Key}.Sanitize() + " text PRIMARY KEY"}
 	for _, c := range s.managedColumns() {
 		defs = append(defs, pgx.Identifier{c.name}.Sanitize()+" "+c.typ)
 	}
 	stmts := []string{}
-	if len(s.table) == 2 {
-		stmts = append(stmts, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{s.table[0]}.Sanitize())
+	if len(d.table) == 2 {
+		stmts = append(stmts, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{d.table[0]}.Sanitize())
 	}
-	stmts = append(stmts, "CREATE TABLE IF NOT EXISTS "+s.table.Sanitize()+" (\n  "+strings.Join(defs, ",\n  ")+"\n)")
-	return s.ddl(ctx, conn, stmts)
+	stmts = append(stmts, "CREATE TABLE IF NOT EXISTS "+d.table.Sanitize()+" (\n  "+strings.Join(defs, ",\n  ")+"\n)")
+	return ddl(ctx, conn, d.table, stmts)
 }
 
-func (s *Sink) addColumns(ctx context.Context, conn querier, names []string) error {
+func (s *Sink) addColumns(ctx context.Context, conn querier, d dest, names []string) error {
 	var adds []string
 	for _, n := range names {
 		adds = append(adds, "ADD COLUMN IF NOT EXISTS "+pgx.Identifier{n}.Sanitize()+" "+s.managedType(n))
 	}
-	s.log.Info("adding columns", "table", s.tableName, "columns", strings.Join(names, ","))
-	return s.ddl(ctx, conn, []string{"ALTER TABLE " + s.table.Sanitize() + " " + strings.Join(adds, ", ")})
+	s.log.Info("adding columns", "table", d.name, "columns", strings.Join(names, ","))
+	return ddl(ctx, conn, d.table, []string{"ALTER TABLE " + d.table.Sanitize() + " " + strings.Join(adds, ", ")})
 }
 
 // ddl runs statements in a transaction holding an advisory lock named
 // after the table.
-func (s *Sink) ddl(ctx context.Context, conn querier, stmts []string) error {
+func ddl(ctx context.Context, conn querier, table pgx.Identifier, stmts []string) error {
 	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
 		return err
 	}
 	run := func() error {
-		if _, err := conn.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey(s.table)); err != nil {
+		if _, err := conn.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey(table)); err != nil {
 			return err
 		}
 		for _, st := range stmts {
@@ -229,8 +232,8 @@ func (s *Sink) ddl(ctx context.Context, conn querier, stmts []string) error {
 }
 
 // prepare makes the statements for the table's actual column types.
-func (s *Sink) prepare(cols map[string]column) *schema {
-	tbl := s.table.Sanitize()
+func (s *Sink) prepare(d dest, cols map[string]column) *schema {
+	tbl := d.table.Sanitize()
 	key := pgx.Identifier{s.cfg.Key}.Sanitize()
 	// Casts go to the type without its modifier: storing the value then
 	// checks the modifier as COPY does (a varchar(20) refuses a longer
