@@ -256,7 +256,9 @@ func Parse(path string, data []byte) (*Spec, error) {
 
 var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
-func parse(path string, data []byte, lookup func(string) (string, bool)) (*Spec, error) {
+// parseYAML parses data into its document's root node; YAML syntax errors
+// and an empty document are reported at their position.
+func parseYAML(path string, data []byte, what string) (*yaml.Node, error) {
 	var errs Errors
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
@@ -271,10 +273,18 @@ func parse(path string, data []byte, lookup func(string) (string, bool)) (*Spec,
 		return nil, errs.Err()
 	}
 	if len(root.Content) == 0 {
-		errs.Add(Pos{File: path, Line: 1, Col: 1}, "empty pillow file")
+		errs.Add(Pos{File: path, Line: 1, Col: 1}, "empty %s", what)
 		return nil, errs.Err()
 	}
-	doc := root.Content[0]
+	return root.Content[0], nil
+}
+
+func parse(path string, data []byte, lookup func(string) (string, bool)) (*Spec, error) {
+	var errs Errors
+	doc, err := parseYAML(path, data, "pillow file")
+	if err != nil {
+		return nil, err
+	}
 	if doc.Kind != yaml.MappingNode {
 		errs.Add(NodePos(path, doc), "a pillow file is a mapping (name, source, sinks, …), got %s", describe(doc))
 		return nil, errs.Err()

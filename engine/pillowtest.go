@@ -6,13 +6,10 @@ package engine
 // the pillow files' decoder (and its positions).
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
-
-	"gopkg.in/yaml.v3"
 )
 
 // LoadOptions change how LoadWith loads pillows. The zero value loads as
@@ -165,24 +162,12 @@ func DecodeFile(path string, v any) error {
 
 // DecodeYAML is DecodeFile of data; path names it in messages.
 func DecodeYAML(path string, data []byte, v any) error {
+	doc, err := parseYAML(path, data, "file")
+	if err != nil {
+		return err
+	}
 	var errs Errors
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		msg := err.Error()
-		pos := Pos{File: path}
-		if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-			fmt.Sscan(m[1], &pos.Line)
-			pos.Col = 1
-			msg = m[2]
-		}
-		errs.Add(pos, "invalid YAML: %s", strings.TrimPrefix(msg, "yaml: "))
-		return errs.Err()
-	}
-	if len(root.Content) == 0 {
-		errs.Add(Pos{File: path, Line: 1, Col: 1}, "empty file")
-		return errs.Err()
-	}
 	d := newDecoder(path, &errs)
-	d.decode(root.Content[0], reflectValue(v), false)
+	d.decode(doc, reflectValue(v), false)
 	return errs.Err()
 }

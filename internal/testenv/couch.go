@@ -287,20 +287,7 @@ func (c *Couch) Get(t testing.TB, db, id string) (map[string]any, bool) {
 // labelled JSON).
 func (c *Couch) Do(t testing.TB, method, path string, body any) (status int, respBody []byte) {
 	t.Helper()
-	var r io.Reader
-	switch b := body.(type) {
-	case nil:
-	case []byte:
-		r = bytes.NewReader(b)
-	case string:
-		r = strings.NewReader(b)
-	default:
-		buf, err := json.Marshal(b)
-		if err != nil {
-			t.Fatalf("testenv: %s %s: encode body: %v", method, path, err)
-		}
-		r = bytes.NewReader(buf)
-	}
+	r := requestBody(t, method, path, body)
 	req, err := http.NewRequest(method, c.URL+path, r)
 	if err != nil {
 		t.Fatalf("testenv: %s %s: %v", method, path, err)
@@ -322,6 +309,26 @@ func (c *Couch) Do(t testing.TB, method, path string, body any) (status int, res
 }
 
 // docPath is /db/id, escaped; the slash after _design/ and _local/ stays.
+// requestBody is body as a request's: nil, a []byte or a string as is,
+// anything else encoded as JSON.
+func requestBody(t testing.TB, method, path string, body any) io.Reader {
+	t.Helper()
+	switch b := body.(type) {
+	case nil:
+		return nil
+	case []byte:
+		return bytes.NewReader(b)
+	case string:
+		return strings.NewReader(b)
+	default:
+		buf, err := json.Marshal(b)
+		if err != nil {
+			t.Fatalf("testenv: %s %s: encode body: %v", method, path, err)
+		}
+		return bytes.NewReader(buf)
+	}
+}
+
 func docPath(db, id string) string {
 	for _, prefix := range []string{"_design/", "_local/"} {
 		if rest, ok := strings.CutPrefix(id, prefix); ok {

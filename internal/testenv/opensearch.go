@@ -261,20 +261,7 @@ func (s *OpenSearch) Running() bool {
 // path containing _bulk).
 func (s *OpenSearch) Do(t testing.TB, method, path string, body any) (int, []byte) {
 	t.Helper()
-	var r io.Reader
-	switch b := body.(type) {
-	case nil:
-	case []byte:
-		r = bytes.NewReader(b)
-	case string:
-		r = strings.NewReader(b)
-	default:
-		buf, err := json.Marshal(b)
-		if err != nil {
-			t.Fatalf("testenv: %s %s: encode body: %v", method, path, err)
-		}
-		r = bytes.NewReader(buf)
-	}
+	r := requestBody(t, method, path, body)
 	req, err := http.NewRequest(method, s.URL+path, r)
 	if err != nil {
 		t.Fatalf("testenv: %s %s: %v", method, path, err)
