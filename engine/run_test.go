@@ -10,6 +10,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // chanSource sends the changes it is given, then waits (or ends when
@@ -696,4 +699,22 @@ func (permanentSink) Open(context.Context) error { return nil }
 func (permanentSink) Close() error               { return nil }
 func (permanentSink) Write(context.Context, []Record) error {
 	return Permanent(errors.New("table gone"))
+}
+
+func TestSequenceRewindCounted(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	cs := []Change{doc("a"), doc("b"), doc("c"), doc("d")}
+	for i, seq := range []string{"5-g1AAA", "6-g1AAB", "3-g1AAC", "4-g1AAD"} {
+		cs[i].Seq = seq
+	}
+	src := &chanSource{in: make(chan Change, len(cs))}
+	for _, c := range cs {
+		src.in <- c
+	}
+	close(src.in)
+	runToEnd(t, testSpec(t, "", "", src, &memSink{}), RunOptions{Metrics: m})
+	if got := testutil.ToFloat64(m.rewinds.WithLabelValues("test")); got != 1 {
+		t.Fatalf("rewinds = %v, want 1 (6 → 3)", got)
+	}
 }
