@@ -228,6 +228,22 @@ func (p *Pillow) Run(ctx context.Context) error {
 			processed <- b
 		}
 	}()
+	// Checkpoints are saved in the background, the latest one replacing
+	// any not yet saved: a save (a round trip to the source's server) does
+	// not hold up the next batch's write.
+	cpCh := make(chan string, 1)
+	cpDone := make(chan struct{})
+	go func() {
+		defer close(cpDone)
+		for seq := range cpCh {
+			if err := p.cps.SaveCheckpoint(work, p.opts.CheckpointName, seq); err != nil {
+				p.log.Warn("checkpoint not saved; the next one will cover it", "seq", seq, "error", err)
+				continue
+			}
+			p.Stats.Checkpoint.Store(seq)
+			p.checkpointTime.Store(time.Now().UnixNano())
+		}
+	}()
 	var writeErr error
 	for b := range processed {
 		if writeErr != nil {
@@ -243,15 +259,23 @@ func (p *Pillow) Run(ctx context.Context) error {
 		if b.lastSeq == "" || p.cps == nil {
 			continue
 		}
-		if p.txSink == "" {
-			if err := p.cps.SaveCheckpoint(work, p.opts.CheckpointName, b.lastSeq); err != nil {
-				p.log.Warn("checkpoint not saved; the next one will cover it", "seq", b.lastSeq, "error", err)
-				continue
-			}
+		if p.txSink != "" { // saved with the batch
+			p.Stats.Checkpoint.Store(b.lastSeq)
+			p.checkpointTime.Store(time.Now().UnixNano())
+			continue
 		}
-		p.Stats.Checkpoint.Store(b.lastSeq)
-		p.checkpointTime.Store(time.Now().UnixNano())
+		select {
+		case cpCh <- b.lastSeq:
+		default:
+			select {
+			case <-cpCh: // a newer position replaces one not saved yet
+			default:
+			}
+			cpCh <- b.lastSeq
+		}
 	}
+	close(cpCh)
+	<-cpDone
 	if writeErr != nil {
 		if IsPermanent(writeErr) {
 			return fmt.Errorf("pillow %s: %w", s.Name, writeErr)
