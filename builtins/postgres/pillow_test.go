@@ -155,9 +155,6 @@ sinks:
 // each time that the table holds exactly the documents up to the
 // checkpoint: the checkpoint is saved in each batch's transaction.
 func TestExactlyOnceAfterKill9(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts pillow processes")
-	}
 	t.Parallel()
 	couch := testenv.StartCouch(t, testenv.CouchOptions{})
 	pg := testenv.SharedPostgres(t)
