@@ -17,7 +17,7 @@ RUNS=${BENCH_RUNS:-3}
 work=$(mktemp -d)
 started_services=
 cleanup() {
-	[[ -n $started_services ]] && scripts/services.sh down
+	[[ -n $started_services ]] && scripts/services.sh down couch
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -74,10 +74,10 @@ file_rate=$(best <<<"$rates")
 echo "file source -> filter+transform -> file sink: $file_rate docs/s (best of $RUNS:$rates)"
 
 # 2. the server and curl
-if ! scripts/services.sh env >/dev/null 2>&1; then
+if ! scripts/services.sh env couch >/dev/null 2>&1; then
 	started_services=1
 fi
-eval "$(scripts/services.sh up)"
+eval "$(scripts/services.sh up couch)"
 curl -fsS -X DELETE "$COUCH_URL/bench" >/dev/null 2>&1 || true
 log "loading $N documents into $COUCH_URL/bench"
 bin/gendocs -n "$N" -couch "$COUCH_URL" -db bench

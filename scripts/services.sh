@@ -6,6 +6,7 @@
 #   scripts/services.sh env            # re-print the exports of running services
 #   scripts/services.sh status         # what is running (stderr)
 #   scripts/services.sh down           # stop what `up` started (by PID file only)
+#   scripts/services.sh up couch       # any command can name some services only
 #
 # Only `export NAME=value` lines go to stdout; everything else goes to stderr.
 # State (PID files, logs, scratch dirs) lives in .cache/services/ (gitignored).
@@ -382,14 +383,22 @@ usage() {
 main() {
 	[[ $# -ge 1 ]] || usage
 	local cmd=$1 s i any=false
+	local only=()
 	shift
 	while [[ $# -gt 0 ]]; do
 		case $cmd:$1 in
 		up:--data-dir) [[ $# -ge 2 ]] || usage; export COUCH_DATA_DIR=$2; shift 2 ;;
 		up:--data-dir=*) export COUCH_DATA_DIR=${1#*=}; shift ;;
-		*) usage ;;
+		*:-*) usage ;;
+		*)
+			[[ " ${SERVICES[*]} " == *" $1 "* ]] || die "unknown service $1 (services: ${SERVICES[*]})"
+			only+=("$1")
+			shift
+			;;
 		esac
 	done
+	# Named services only (in the order given), else all of them.
+	if ((${#only[@]} > 0)); then SERVICES=("${only[@]}"); fi
 	mkdir -p "$STATE"
 	case $cmd in
 	up)
