@@ -46,7 +46,8 @@ bin/ptop validate pipelines/ >&2
 
 rm -rf "$PTOP_OUT"
 mkdir -p "$PTOP_OUT"
-export TCP_ADDRESS=127.0.0.1:$(free_port)
+TCP_ADDRESS=127.0.0.1:$(free_port)
+export TCP_ADDRESS
 bin/linesink -listen "$TCP_ADDRESS" -out "$PTOP_OUT/cases-tcp.lines" &
 linesink_pid=$!
 if [[ ${DEMO_KEEP_SERVICES:-} != 1 ]]; then

@@ -42,6 +42,7 @@ command -v go >/dev/null || die "go not found in PATH"
 section "tools: go $(go env GOVERSION), node $(node --version 2>/dev/null || echo missing), npm $(npm --version 2>/dev/null || echo missing)"
 ensure_pouchdb_deps
 ensure_postgres # PostgreSQL from Debian's packages if initdb is missing
+# shellcheck disable=SC2119 # no names: every pinned server
 ensure_opensearch # OpenSearch and Elasticsearch integ-test-zips from Maven Central
 log "postgres: $("$PG_BINDIR/postgres" --version)"
 
