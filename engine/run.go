@@ -208,7 +208,7 @@ func (p *Pillow) Run(ctx context.Context) error {
 	// sink fails for good.
 	read, stopReading := context.WithCancel(ctx)
 	defer stopReading()
-	changes := make(chan Change, 2*s.Batch.Size)
+	changes := make(chan Change, s.Batch.Size)
 	var srcErr error
 	go func() {
 		defer close(changes)
