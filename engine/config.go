@@ -67,7 +67,7 @@ func (b *Batch) Validate(ch *Check) {
 // SetDefaults implements Defaulter.
 func (c *Config) SetDefaults() {
 	c.TransformTimeout = Duration(time.Second)
-	c.Batch = Batch{Size: 500, Wait: Duration(time.Second)}
+	c.Batch = Batch{Size: 500, Wait: Duration(100 * time.Millisecond)}
 	c.Errors = RetryPolicy{MaxAttempts: 8, Backoff: Duration(30 * time.Second), MaxBackoff: Duration(6 * time.Hour), Poll: Duration(5 * time.Second)}
 }
 

@@ -90,7 +90,7 @@ func TestSchemaRejectsBadPillows(t *testing.T) {
 		{"unknown key", "heartbeat: 10s", "heartbeat: 10s\n    hearbeat: 5s", "hearbeat"},
 		{"unknown top-level key", "batch:", "bach: {size: 1}\nbatch:", "bach"},
 		{"wrong type", "size: 500", "size: lots", "size"},
-		{"bad duration", "wait: 1s", "wait: a second", "wait"},
+		{"bad duration", "wait: 100ms", "wait: a second", "wait"},
 		{"unknown sink type", "- file:", "- s3:", "sinks"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
