@@ -15,11 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-// chanSource sends the changes it is given, then waits (or ends when
-// closeAfter is set).
+// chanSource sends the changes it is given until in is closed, then ends.
 type chanSource struct {
 	in       chan Change
-	ended    bool
 	gotSince chan string
 }
 

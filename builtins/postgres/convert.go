@@ -467,7 +467,7 @@ func appendJSON(dst []byte, v any, sorted bool) ([]byte, error) {
 		}
 		return append(dst, '}'), nil
 	}
-	b, err := json.MarshalNoEscape(v)
+	b, err := json.Marshal(v)
 	if err != nil {
 		return dst, err
 	}

@@ -165,7 +165,7 @@ func TestTypeRE(t *testing.T) {
 func TestAppendJSON(t *testing.T) {
 	for _, v := range []any{
 		nil, true, "", "plain", "quote \" backslash \\ slash /", "\x00\x01\x1f\x7f", "tab\tnl\nret\r",
-		"<&>", "\u2028\u2029", "bad \xff utf8 \xc3", "ünï 日本 🎉", 0.0, -0.0, 1.0, -1.5, 1e20, 1e21, 1e-6, 1e-7,
+		"<&>", "\u2028\u2029", "bad \xff utf8 \xc3", "ünï 日本 🎉", 0.0, math.Copysign(0, -1), 1.0, -1.5, 1e20, 1e21, 1e-6, 1e-7,
 		123456789.123, int64(-42), 3, []any{}, []any{1.0, "a", nil, []any{true}},
 		map[string]any{}, map[string]any{"b": 1.0, "a": map[string]any{"z": "\"", "y": []any{}}, "": nil},
 		json.Number("12.50"),

@@ -175,9 +175,10 @@ func TestShippedPipelineRuns(t *testing.T) {
 	t.Setenv("COUCH_DB", "cases")
 	t.Setenv("TCP_ADDRESS", p.addr)
 	startPillow(t, "../../pipelines/cases-tcp.yaml")
-	lines := p.waitFor(20*time.Second, func(l []string) bool { return len(l) >= 2 })
+	p.waitFor(20*time.Second, func(l []string) bool { return len(l) >= 2 })
 	time.Sleep(200 * time.Millisecond)
-	if lines = p.lines(); len(lines) != 2 {
+	lines := p.lines()
+	if len(lines) != 2 {
 		t.Fatalf("lines: %q", lines)
 	}
 	var got map[string]any

@@ -192,14 +192,14 @@ sinks:
 	// A new start resumes after the checkpoint: nothing is replayed.
 	couch.Put(t, "cases", "d", map[string]any{"type": "case", "v": 1})
 	p = startPtop(t, "run", pdir)
-	ls = waitLines(t, p, out, 5)
+	waitLines(t, p, out, 5)
 
 	// The server goes away and comes back: ptop reconnects by itself.
 	couch.Kill(t)
 	time.Sleep(500 * time.Millisecond)
 	couch.Restart(t)
 	couch.Put(t, "cases", "e", map[string]any{"type": "case", "v": 1})
-	ls = waitLines(t, p, out, 6)
+	waitLines(t, p, out, 6)
 	time.Sleep(300 * time.Millisecond) // a replay would show up here
 	ls = readLines(t, out)
 	if got, want := summary(ls), "index:a:1 index:b:1 index:a:2 delete:b index:d:1 index:e:1"; got != want {
