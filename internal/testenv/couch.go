@@ -182,12 +182,7 @@ func (c *Couch) Running() bool {
 	if p == nil {
 		return false
 	}
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
+	return !exited(p.done)
 }
 
 // LogTail returns the last lines of the server's output, for failure messages.
@@ -386,7 +381,7 @@ func (c *Couch) start() error {
 	c.proc = p
 
 	if err := c.waitHealthy(p); err != nil {
-		killGroup(p, syscall.SIGKILL)
+		signalGroup(p.cmd, syscall.SIGKILL)
 		<-p.done
 		c.proc = nil
 		return err
@@ -439,30 +434,8 @@ func (c *Couch) kill(sig syscall.Signal, grace time.Duration) error {
 	}
 	c.proc = nil
 	defer c.transport.CloseIdleConnections()
-	killGroup(p, sig)
-	if grace > 0 {
-		select {
-		case <-p.done:
-			return nil
-		case <-time.After(grace):
-			killGroup(p, syscall.SIGKILL)
-		}
-	}
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(30 * time.Second):
-		return fmt.Errorf("pid %d did not exit after signal %v", p.cmd.Process.Pid, sig)
-	}
-}
-
-// killGroup signals the whole process group (the server was started with
-// Setpgid, so its group id is its pid); errors mean it is already gone.
-func killGroup(p *couchProc, sig syscall.Signal) {
-	pid := p.cmd.Process.Pid
-	if err := syscall.Kill(-pid, sig); err != nil {
-		_ = p.cmd.Process.Signal(sig)
-	}
+	signalGroup(p.cmd, sig)
+	return awaitExit(p.cmd, p.done, sig, grace)
 }
 
 // portTaken reports whether the server failed because its port was in

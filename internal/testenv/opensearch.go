@@ -247,12 +247,7 @@ func (s *OpenSearch) Running() bool {
 	if p == nil {
 		return false
 	}
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
+	return !exited(p.done)
 }
 
 // Do sends a request and returns the status and body; it fails the test
@@ -634,26 +629,7 @@ func (s *OpenSearch) kill(sig syscall.Signal, grace time.Duration) error {
 	}
 	s.proc = nil
 	signalGroup(p.cmd, sig)
-	if grace > 0 {
-		select {
-		case <-p.done:
-			return nil
-		case <-time.After(grace):
-			signalGroup(p.cmd, syscall.SIGKILL)
-		}
-	}
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(30 * time.Second):
-		return fmt.Errorf("pid %d did not exit after signal %v", p.cmd.Process.Pid, sig)
-	}
-}
-
-func signalGroup(cmd *exec.Cmd, sig syscall.Signal) {
-	if err := syscall.Kill(-cmd.Process.Pid, sig); err != nil {
-		_ = cmd.Process.Signal(sig)
-	}
+	return awaitExit(p.cmd, p.done, sig, grace)
 }
 
 var searchHomes struct {

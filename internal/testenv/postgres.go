@@ -251,12 +251,7 @@ func (p *Postgres) Running() bool {
 	if pr == nil {
 		return false
 	}
-	select {
-	case <-pr.done:
-		return false
-	default:
-		return true
-	}
+	return !exited(pr.done)
 }
 
 // LogTail returns the end of the server's log, for failure messages.
@@ -475,7 +470,7 @@ func (p *Postgres) start() error {
 	}()
 	p.proc = pr
 	if err := p.waitReady(pr); err != nil {
-		pgKillGroup(pr, syscall.SIGKILL)
+		signalGroup(pr.cmd, syscall.SIGKILL)
 		<-pr.done
 		waitGroupGone(pr.cmd.Process.Pid, 5*time.Second)
 		p.proc = nil
@@ -524,35 +519,20 @@ func (p *Postgres) kill(sig syscall.Signal, grace time.Duration) error {
 	}
 	p.proc = nil
 	if sig == syscall.SIGKILL {
-		pgKillGroup(pr, sig)
+		signalGroup(pr.cmd, sig)
 	} else {
 		// Shutdown signals go to the postmaster only: it stops its backends.
 		_ = pr.cmd.Process.Signal(sig)
 	}
-	if grace > 0 {
-		select {
-		case <-pr.done:
-		case <-time.After(grace):
-			pgKillGroup(pr, syscall.SIGKILL)
-		}
-	}
-	select {
-	case <-pr.done:
-	case <-time.After(30 * time.Second):
-		return fmt.Errorf("pid %d did not exit after signal %v", pr.cmd.Process.Pid, sig)
+	if err := awaitExit(pr.cmd, pr.done, sig, grace); err != nil {
+		return err
 	}
 	if sig == syscall.SIGKILL {
 		// Backends hold the shared memory a new postmaster checks.
-		pgKillGroup(pr, syscall.SIGKILL)
+		signalGroup(pr.cmd, syscall.SIGKILL)
 		waitGroupGone(pr.cmd.Process.Pid, 10*time.Second)
 	}
 	return nil
-}
-
-func pgKillGroup(pr *pgProc, sig syscall.Signal) {
-	if err := syscall.Kill(-pr.cmd.Process.Pid, sig); err != nil {
-		_ = pr.cmd.Process.Signal(sig)
-	}
 }
 
 // waitGroupGone waits until no process is left in process group pgid.

@@ -1,0 +1,50 @@
+//go:build unix
+
+package testenv
+
+import (
+	"fmt"
+	"os/exec"
+	"syscall"
+	"time"
+)
+
+// The test servers run in process groups of their own (Setpgid), so that a
+// signal reaches the server and whatever it started.
+
+// signalGroup signals cmd's process group, or cmd alone if the group is
+// gone.
+func signalGroup(cmd *exec.Cmd, sig syscall.Signal) {
+	if err := syscall.Kill(-cmd.Process.Pid, sig); err != nil {
+		_ = cmd.Process.Signal(sig)
+	}
+}
+
+// exited reports whether done, closed when a server process exits, is.
+func exited(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
+}
+
+// awaitExit waits for a signalled server to exit: with grace > 0 its group
+// is sent SIGKILL after grace; after 30 s more it gives up.
+func awaitExit(cmd *exec.Cmd, done <-chan struct{}, sig syscall.Signal, grace time.Duration) error {
+	if grace > 0 {
+		select {
+		case <-done:
+			return nil
+		case <-time.After(grace):
+			signalGroup(cmd, syscall.SIGKILL)
+		}
+	}
+	select {
+	case <-done:
+		return nil
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("pid %d did not exit after signal %v", cmd.Process.Pid, sig)
+	}
+}
