@@ -143,6 +143,9 @@ type block struct {
 	Type   string
 	Config any // the registered type's *C
 	Pos    Pos // of the type key
+	// unset: an environment variable in Config is not set (only when
+	// unset variables are warnings); the block is checked but not built.
+	unset bool
 }
 
 // CheckpointBlock is `checkpoint: {TYPE: {…}}`.
@@ -177,8 +180,10 @@ func (b *block) decodeNode(d *decoder, n *yaml.Node, expand bool, kind string, r
 	}
 	b.Type, b.Pos = k.Value, NodePos(d.file, k)
 	cfg := p.newConfig()
+	before := d.unsetCount()
 	d.decode(v, reflectValue(cfg), expand)
 	b.Config = cfg
+	b.unset = d.unsetCount() > before
 }
 
 // Spec is a loaded, compiled pillow: everything `ptop validate` checks,
@@ -251,7 +256,18 @@ func LoadFile(path string) (*Spec, error) {
 // Parse compiles a pillow file's content; path names it in messages and
 // locates its transform_file. Environment variables come from the process.
 func Parse(path string, data []byte) (*Spec, error) {
-	return parse(path, data, os.LookupEnv)
+	return parse(path, data, parseOptions{})
+}
+
+// parseOptions change how parse treats environment variables.
+type parseOptions struct {
+	lookup func(string) (string, bool) // default os.LookupEnv
+	// unset, when not nil, collects unset variables as warnings (see
+	// LoadOptions.Warnings).
+	unset *Errors
+	// noBuildIfUnset leaves the source, sinks and checkpoint store of a
+	// pillow with an unset variable unbuilt (see LoadOptions.AllowUnsetEnv).
+	noBuildIfUnset bool
 }
 
 var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
@@ -279,7 +295,7 @@ func parseYAML(path string, data []byte, what string) (*yaml.Node, error) {
 	return root.Content[0], nil
 }
 
-func parse(path string, data []byte, lookup func(string) (string, bool)) (*Spec, error) {
+func parse(path string, data []byte, po parseOptions) (*Spec, error) {
 	var errs Errors
 	doc, err := parseYAML(path, data, "pillow file")
 	if err != nil {
@@ -290,7 +306,11 @@ func parse(path string, data []byte, lookup func(string) (string, bool)) (*Spec,
 		return nil, errs.Err()
 	}
 	d := newDecoder(path, &errs)
-	d.lookup = lookup
+	if po.lookup != nil {
+		d.lookup = po.lookup
+	}
+	d.unset = po.unset
+	unsetBefore := d.unsetCount()
 	s := &Spec{File: path}
 	d.decode(doc, reflectValue(&s.Config), true)
 	keys := map[string]*yaml.Node{}
@@ -333,25 +353,29 @@ func parse(path string, data []byte, lookup func(string) (string, bool)) (*Spec,
 			s.transform = t
 		}
 	}
-	if len(errs) > 0 {
+	if len(errs) > 0 || (po.noBuildIfUnset && d.unsetCount() > unsetBefore) {
 		s.Hash = hex.EncodeToString(h.Sum(nil))
 		return s, errs.Err()
 	}
 	bc := BuildContext{Pillow: s.Name, File: path, Dir: dir, Log: slog.Default().With("pillow", s.Name),
 		AddToHash: func(data []byte) { h.Write(data) }}
 	defer func() { s.Hash = hex.EncodeToString(h.Sum(nil)) }()
-	src2, err := sources[s.Source.Type].build(s.Source.Config, bc)
-	if err != nil {
-		errs.Append(s.Source.Pos, err)
-	} else {
-		s.source = src2.(Source)
+	if !s.Source.unset {
+		src2, err := sources[s.Source.Type].build(s.Source.Config, bc)
+		if err != nil {
+			errs.Append(s.Source.Pos, err)
+		} else {
+			s.source = src2.(Source)
+		}
 	}
 	if s.Checkpoint != nil && s.Checkpoint.Config != nil {
-		cs, err := checkpoints[s.Checkpoint.Type].build(s.Checkpoint.Config, bc)
-		if err != nil {
-			errs.Append(s.Checkpoint.Pos, err)
-		} else {
-			s.cps = cs.(CheckpointStore)
+		if !s.Checkpoint.unset {
+			cs, err := checkpoints[s.Checkpoint.Type].build(s.Checkpoint.Config, bc)
+			if err != nil {
+				errs.Append(s.Checkpoint.Pos, err)
+			} else {
+				s.cps = cs.(CheckpointStore)
+			}
 		}
 	} else if cs, ok := s.source.(CheckpointStore); ok {
 		s.cps = cs
@@ -362,6 +386,9 @@ func parse(path string, data []byte, lookup func(string) (string, bool)) (*Spec,
 	}
 	seen := map[string]int{}
 	for _, b := range s.Sinks {
+		if b.unset {
+			continue
+		}
 		sk, err := sinks[b.Type].build(b.Config, bc)
 		if err != nil {
 			errs.Append(b.Pos, err)

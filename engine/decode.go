@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"reflect"
@@ -80,6 +81,10 @@ type decoder struct {
 	file   string
 	errs   *Errors
 	lookup func(string) (string, bool)
+	// unset, when not nil, collects unset environment variables as
+	// warnings instead of errors; the value they are in is left as if its
+	// key were not written.
+	unset *Errors
 }
 
 func newDecoder(file string, errs *Errors) *decoder {
@@ -204,7 +209,12 @@ func (d *decoder) scalar(n *yaml.Node, expand bool) (*yaml.Node, bool) {
 	}
 	s, err := expandEnv(n.Value, d.lookup)
 	if err != nil {
-		d.errorf(n, "%s", err)
+		var ue *UnsetEnvError
+		if d.unset != nil && errors.As(err, &ue) {
+			d.unset.Add(NodePos(d.file, n), "%s", err)
+		} else {
+			d.errorf(n, "%s", err)
+		}
 		return n, false
 	}
 	if s == n.Value {
@@ -387,9 +397,9 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, expand bool) {
 				continue
 			}
 			check.keys[k.Value] = val
-			before := len(*d.errs)
+			before, unsetBefore := len(*d.errs), d.unsetCount()
 			d.decode(val, v.Field(f.index), expand && !f.raw)
-			check.bad[k.Value] = len(*d.errs) > before
+			check.bad[k.Value] = len(*d.errs) > before || d.unsetCount() > unsetBefore
 		}
 	}
 	for _, f := range fields {
@@ -473,10 +483,25 @@ func expandEnv(s string, lookup func(string) (string, bool)) (string, error) {
 		case hasDef:
 			b.WriteString(def)
 		default:
-			return "", fmt.Errorf("environment variable %s is not set (use ${%s:-default} for a default)", name, name)
+			return "", &UnsetEnvError{Name: name}
 		}
 		s = s[i+end+1:]
 	}
+}
+
+// UnsetEnvError is an environment variable, named in a pillow file without
+// a default, that is not set.
+type UnsetEnvError struct{ Name string }
+
+func (e *UnsetEnvError) Error() string {
+	return fmt.Sprintf("environment variable %s is not set (use ${%s:-default} for a default)", e.Name, e.Name)
+}
+
+func (d *decoder) unsetCount() int {
+	if d.unset == nil {
+		return 0
+	}
+	return len(*d.unset)
 }
 
 func validEnvName(s string) bool {

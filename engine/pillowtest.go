@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 )
 
 // LoadOptions change how LoadWith loads pillows. The zero value loads as
@@ -24,6 +23,12 @@ type LoadOptions struct {
 	// this is for running examples through a pillow without the servers
 	// its source and sinks would talk to, as `ptop test` does.
 	AllowUnsetEnv bool
+	// Warnings, when not nil, receives each unset environment variable
+	// without a default as a warning at its position, instead of an error.
+	// The value it is written in is left as if its key were not written,
+	// and everything else is compiled and checked as usual, sources and
+	// sinks included: this is `ptop validate` without production secrets.
+	Warnings *Errors
 }
 
 // LoadWith is Load with options.
@@ -79,47 +84,18 @@ func LoadWith(opts LoadOptions, paths ...string) ([]*Spec, error) {
 }
 
 func loadFileWith(opts LoadOptions, path string) (*Spec, error) {
-	if !opts.AllowUnsetEnv {
+	if !opts.AllowUnsetEnv && opts.Warnings == nil {
 		return LoadFile(path)
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, &Error{Pos: Pos{File: path}, Msg: unwrapPathErr(err).Error()}
 	}
-	// The decoder reports an unset variable at the value it is in, and
-	// leaves that value as it was; drop exactly those reports.
-	unset := map[string]bool{}
-	lookup := func(name string) (string, bool) {
-		v, ok := os.LookupEnv(name)
-		if !ok {
-			unset[name] = true
-		}
-		return v, ok
+	po := parseOptions{unset: opts.Warnings, noBuildIfUnset: opts.AllowUnsetEnv}
+	if po.unset == nil {
+		po.unset = new(Errors) // reported nowhere
 	}
-	s, err := parse(path, data, lookup)
-	es, ok := err.(Errors)
-	if !ok || len(unset) == 0 {
-		return s, err
-	}
-	var kept Errors
-	for _, e := range es {
-		if !isUnsetEnvError(e.Msg, unset) {
-			kept = append(kept, e)
-		}
-	}
-	if len(kept) > 0 || s == nil {
-		return s, kept.Err()
-	}
-	return s, nil
-}
-
-func isUnsetEnvError(msg string, unset map[string]bool) bool {
-	for name := range unset {
-		if strings.HasPrefix(msg, "environment variable "+name+" is not set") {
-			return true
-		}
-	}
-	return false
+	return parse(path, data, po)
 }
 
 // Process runs one change through the pillow as a running pillow does —

@@ -72,14 +72,49 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
+// versionString is the -ldflags version, else the module's version and
+// the VCS revision the binary was built from (go build and go install
+// record them), e.g. "v0.3.0" or "devel 511e5bb3c1d2 2026-12-02T17:00:00Z
+// (modified)".
 func versionString() string {
 	if version != "" {
 		return version
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "devel"
 	}
-	return "devel"
+	return buildVersion(bi)
+}
+
+func buildVersion(bi *debug.BuildInfo) string {
+	v := bi.Main.Version
+	if v == "" || v == "(devel)" {
+		v = "devel"
+	}
+	var rev, at string
+	modified := false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.time":
+			at = s.Value
+		case "vcs.modified":
+			modified = s.Value == "true"
+		}
+	}
+	if rev == "" || strings.Contains(v, rev[:min(len(rev), 12)]) {
+		return v // a released or pseudo-version already names its revision
+	}
+	v += " " + rev[:min(len(rev), 12)]
+	if at != "" {
+		v += " " + at
+	}
+	if modified {
+		v += " (modified)"
+	}
+	return v
 }
 
 // newFlagSet makes a command's flag set; -h prints its usage.
@@ -114,7 +149,8 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 }
 
 func cmdValidate(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("validate", "validate [DIR or FILE]...", stderr)
+	fs := newFlagSet("validate", "validate [--strict] [DIR or FILE]...", stderr)
+	strict := fs.Bool("strict", false, "treat warnings (an environment variable that is not set) as errors")
 	paths, err := parseInterspersed(fs, args)
 	if err != nil {
 		return 2
@@ -122,10 +158,24 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	if len(paths) == 0 {
 		paths = []string{"pipelines"}
 	}
-	specs, err := engine.Load(paths...)
+	// An unset variable is a warning: validate runs where the production
+	// secrets are not (a pillow author's machine, a CI job); run refuses it.
+	var warnings engine.Errors
+	opts := engine.LoadOptions{Warnings: &warnings}
+	if *strict {
+		opts = engine.LoadOptions{}
+	}
+	specs, err := engine.LoadWith(opts, paths...)
 	if err != nil {
 		printLoadErrors(stderr, err)
 		return 1
+	}
+	if len(warnings) > 0 {
+		_ = warnings.Err() // sorts them by position
+		for _, w := range warnings {
+			fmt.Fprintf(stderr, "%s: warning: %s\n", w.Pos, w.Msg)
+		}
+		fmt.Fprintf(stderr, "%d warning%s (ptop run needs these variables; --strict makes warnings errors)\n", len(warnings), plural(len(warnings)))
 	}
 	fmt.Fprintf(stdout, "%d pillow%s OK: %s\n", len(specs), plural(len(specs)), specNames(specs))
 	return 0

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -125,4 +126,53 @@ func testArgs(args []string) []string {
 		}
 	}
 	return append(append([]string(nil), args...), "--http", "127.0.0.1:0")
+}
+
+func TestValidateUnsetEnvIsAWarning(t *testing.T) {
+	dir := t.TempDir()
+	pillow := "name: a\nsource:\n  couchdb:\n    url: ${PTOP_TEST_UNSET_URL}\n    db: cases\nsinks: [{file: {path: out.jsonl}}]\n"
+	write(t, filepath.Join(dir, "a.yaml"), pillow)
+	code, out, errOut := ptop(t, "validate", dir)
+	want := filepath.Join(dir, "a.yaml") + ":4:10: warning: environment variable PTOP_TEST_UNSET_URL is not set"
+	if code != 0 || !strings.HasPrefix(out, "1 pillow OK: a") || !strings.HasPrefix(errOut, want) || !strings.Contains(errOut, "1 warning") {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	code, _, errOut = ptop(t, "validate", "--strict", dir)
+	if code != 1 || !strings.Contains(errOut, filepath.Join(dir, "a.yaml")+":4:10: environment variable PTOP_TEST_UNSET_URL is not set") {
+		t.Fatalf("--strict: exit %d: %s", code, errOut)
+	}
+	code, _, errOut = ptop(t, "run", "--http", "", dir)
+	if code != 1 || !strings.Contains(errOut, "PTOP_TEST_UNSET_URL is not set") {
+		t.Fatalf("run: exit %d: %s", code, errOut)
+	}
+
+	// The rest of the block is still checked: a bad key beside the unset
+	// variable is an error, and so is a problem in a sink.
+	write(t, filepath.Join(dir, "a.yaml"), "name: a\nsource:\n  couchdb:\n    url: ${PTOP_TEST_UNSET_URL}\n    db: \"\"\n    heartbeat: -1s\n"+
+		"sinks: [{file: {path: out.jsonl, frobnicate: 1}}]\n")
+	code, _, errOut = ptop(t, "validate", dir)
+	if code != 1 || !strings.Contains(errOut, ":5:9: db must not be empty") || !strings.Contains(errOut, "heartbeat must be positive") ||
+		!strings.Contains(errOut, `unknown key "frobnicate"`) || !strings.Contains(errOut, "3 problems found") {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+}
+
+func TestBuildVersion(t *testing.T) {
+	vcs := []debug.BuildSetting{{Key: "vcs.revision", Value: "511e5bb3c1d2e0f9a8b7c6d5e4f3a2b1c0d9e8f7"}, {Key: "vcs.time", Value: "2026-12-02T17:00:00Z"}}
+	for _, c := range []struct {
+		version  string
+		settings []debug.BuildSetting
+		want     string
+	}{
+		{"(devel)", nil, "devel"},
+		{"(devel)", vcs, "devel 511e5bb3c1d2 2026-12-02T17:00:00Z"},
+		{"(devel)", append(vcs, debug.BuildSetting{Key: "vcs.modified", Value: "true"}), "devel 511e5bb3c1d2 2026-12-02T17:00:00Z (modified)"},
+		{"v0.3.0", nil, "v0.3.0"},
+		{"v0.3.1-0.20261202170000-511e5bb3c1d2", vcs, "v0.3.1-0.20261202170000-511e5bb3c1d2"},
+	} {
+		bi := &debug.BuildInfo{Main: debug.Module{Version: c.version}, Settings: c.settings}
+		if got := buildVersion(bi); got != c.want {
+			t.Errorf("%s %v: got %q, want %q", c.version, c.settings, got, c.want)
+		}
+	}
 }
