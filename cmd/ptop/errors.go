@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -11,13 +12,15 @@ import (
 	"github.com/dimagi/ptop/engine"
 )
 
-const errorsUsage = `errors [NAME] [--dir DIR]              list failed changes (of pillow NAME)
+const errorsUsage = `errors [NAME] [-v | --json] [--dir DIR] list failed changes (of pillow NAME); -v: whole errors, --json: one JSON object a line
        ptop errors retry NAME [ID]... [--dir DIR] retry them at the next poll of the running pillow
        ptop errors purge [NAME [ID]...] [--dir DIR] delete them`
 
 func cmdErrors(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("errors", errorsUsage, stderr)
 	dir := fs.String("dir", "pipelines", "the pillows' directory")
+	verbose := fs.Bool("v", false, "list: print each error whole, under its entry")
+	asJSON := fs.Bool("json", false, "list: print each entry as one JSON object a line, the error whole")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return 2
@@ -55,8 +58,13 @@ func cmdErrors(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	if *verbose && *asJSON {
+		fmt.Fprintln(stderr, "ptop errors: -v or --json, not both")
+		return 2
+	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	if action == "list" {
+	enc := json.NewEncoder(stdout)
+	if action == "list" && !*asJSON {
 		fmt.Fprintln(tw, "PILLOW\tID\tATTEMPTS\tSTAGE\tLAST FAILED\tNEXT ATTEMPT\tERROR")
 	}
 	total, rc := 0, 0
@@ -78,12 +86,28 @@ func cmdErrors(args []string, stdout, stderr io.Writer) int {
 				continue
 			}
 			for _, e := range es {
+				if *asJSON {
+					if err := enc.Encode(errorJSON(e)); err != nil {
+						fmt.Fprintf(stderr, "ptop errors: %v\n", err)
+						return 1
+					}
+					continue
+				}
 				next := "gave up"
 				if !e.NextAttempt.IsZero() {
 					next = e.NextAttempt.Local().Format(time.DateTime)
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", e.Pillow, e.DocID, e.Attempts, e.Stage,
 					e.LastFailed.Local().Format(time.DateTime), next, oneLine(e.Error, 100))
+				if *verbose {
+					// The whole error, indented under its row; a tab
+					// writer cell would be as wide as the longest error.
+					tw.Flush()
+					fmt.Fprintf(stdout, "    seq %s, rev %s, first failed %s\n", e.Seq, e.Rev, e.FirstFailed.Local().Format(time.DateTime))
+					for _, l := range strings.Split(strings.TrimRight(e.Error, "\n"), "\n") {
+						fmt.Fprintf(stdout, "    %s\n", l)
+					}
+				}
 			}
 			total += len(es)
 		case "retry", "purge":
@@ -103,13 +127,35 @@ func cmdErrors(args []string, stdout, stderr io.Writer) int {
 	tw.Flush()
 	switch action {
 	case "list":
-		fmt.Fprintf(stdout, "%d failed change%s\n", total, plural(total))
+		if !*asJSON {
+			fmt.Fprintf(stdout, "%d failed change%s\n", total, plural(total))
+		}
 	case "retry":
 		fmt.Fprintf(stdout, "%d failed change%s due for a retry now\n", total, plural(total))
 	case "purge":
 		fmt.Fprintf(stdout, "%d failed change%s purged\n", total, plural(total))
 	}
 	return rc
+}
+
+// errorJSON is an error store entry as `ptop errors --json` prints it.
+func errorJSON(e engine.ErrorEntry) any {
+	var next *time.Time
+	if !e.NextAttempt.IsZero() {
+		next = &e.NextAttempt
+	}
+	return struct {
+		Pillow      string     `json:"pillow"`
+		ID          string     `json:"id"`
+		Seq         string     `json:"seq"`
+		Rev         string     `json:"rev"`
+		Stage       string     `json:"stage"`
+		Error       string     `json:"error"`
+		Attempts    int        `json:"attempts"`
+		FirstFailed time.Time  `json:"first_failed"`
+		LastFailed  time.Time  `json:"last_failed"`
+		NextAttempt *time.Time `json:"next_attempt"` // null: gave up
+	}{e.Pillow, e.DocID, e.Seq, e.Rev, e.Stage, e.Error, e.Attempts, e.FirstFailed, e.LastFailed, next}
 }
 
 // errorStore is the durable error store of a pillow, if its source keeps

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"sort"
@@ -14,7 +15,7 @@ import (
 
 func poisonPillow(fixed bool) string {
 	transform := `function transform(doc) {
-    if (doc.throw) throw new Error("cannot handle " + doc._id);
+    if (doc.throw) throw new Error("cannot handle " + doc._id + ": " + "details ".repeat(20) + "end");
     if (doc.loop) { for (;;) {} }
     return { v: doc.v };
   }`
@@ -104,6 +105,27 @@ func TestPoisonDocuments(t *testing.T) {
 		if !strings.Contains(listing, s) {
 			t.Fatalf("ptop errors does not show %q:\n%s", s, listing)
 		}
+	}
+	// The table cuts errors short; -v and --json show them whole.
+	whole := "cannot handle throw-1: " + strings.Repeat("details ", 20) + "end"
+	if strings.Contains(listing, whole) {
+		t.Fatalf("the table shows the long error whole:\n%s", listing)
+	}
+	if _, v, _ := ptop(t, "errors", "-v", "--dir", pdir); !strings.Contains(v, whole) || !strings.Contains(v, "4 failed changes") {
+		t.Fatalf("ptop errors -v does not show %q:\n%s", whole, v)
+	}
+	code, js, errOut := ptop(t, "errors", "poison", "--json", "--dir", pdir)
+	var entries []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(js), "\n") {
+		var e map[string]any
+		if err := json.Unmarshal([]byte(l), &e); err != nil {
+			t.Fatalf("ptop errors --json: line %q: %v (exit %d, %s)", l, err, code, errOut)
+		}
+		entries = append(entries, e)
+	}
+	if len(entries) != 4 || entries[3]["id"] != "throw-2" || entries[2]["pillow"] != "poison" ||
+		!strings.Contains(entries[2]["error"].(string), whole) || entries[2]["attempts"] != 1.0 {
+		t.Fatalf("ptop errors --json:\n%s", js)
 	}
 
 	// The fix: a transform that copes, and no size limit.
