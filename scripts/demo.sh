@@ -12,7 +12,8 @@
 #   DEMO_DOCS     number of sample documents to load (default 5000)
 #   DEMO_SECONDS  stop ptop after this many seconds (default: run until Ctrl-C)
 #   PTOP_OUT      where the file sinks write (default out/)
-#   DEMO_KEEP_SERVICES=1  leave the servers running afterwards
+#   DEMO_KEEP_SERVICES=1  leave the servers running afterwards, to look at what
+#                 landed (the demo prints how); stop them with scripts/services.sh down
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -27,15 +28,19 @@ log "building ptop"
 mkdir -p bin
 go build -o bin/ptop ./cmd/ptop
 go build -o bin/gendocs ./internal/cmd/gendocs
-go build -o bin/linesink ./internal/cmd/linesink
 
 ensure_postgres
 ensure_opensearch opensearch
+mkdir -p "$PTOP_OUT"
+# Empty the outputs in place: a line listener kept from an earlier demo
+# holds its file open.
+find "$PTOP_OUT" -maxdepth 1 -type f \( -name '*.jsonl' -o -name '*.lines' \) -exec truncate -s 0 {} +
 eval "$(scripts/services.sh up)"
 if [[ ${DEMO_KEEP_SERVICES:-} != 1 ]]; then
 	trap 'scripts/services.sh down' EXIT
 fi
 log "CouchDB-compatible server at $COUCH_URL"
+log "TCP line listener (logstash stand-in) at $TCP_ADDRESS"
 
 log "loading $DEMO_DOCS sample documents into $COUCH_DB"
 curl -fsS -X DELETE "$COUCH_URL/$COUCH_DB" >/dev/null 2>&1 || true
@@ -44,18 +49,6 @@ bin/gendocs -n "$DEMO_DOCS" -couch "$COUCH_URL" -db "$COUCH_DB"
 log "checking the pillows"
 bin/ptop validate pipelines/ >&2
 
-rm -rf "$PTOP_OUT"
-mkdir -p "$PTOP_OUT"
-TCP_ADDRESS=127.0.0.1:$(free_port)
-export TCP_ADDRESS
-bin/linesink -listen "$TCP_ADDRESS" -out "$PTOP_OUT/cases-tcp.lines" &
-linesink_pid=$!
-if [[ ${DEMO_KEEP_SERVICES:-} != 1 ]]; then
-	trap 'kill "$linesink_pid" 2>/dev/null; scripts/services.sh down' EXIT
-else
-	trap 'kill "$linesink_pid" 2>/dev/null' EXIT
-fi
-log "TCP listener (logstash stand-in) at $TCP_ADDRESS"
 log "running the pillows in pipelines/; records go to $PTOP_OUT/ (Ctrl-C stops)"
 rc=0
 if [[ -n ${DEMO_SECONDS:-} ]]; then
@@ -77,4 +70,19 @@ printf '  %-40s %s documents\n' "OpenSearch index case-search" \
 	"$(curl -fsS "$ES_URL/case-search/_count" 2>/dev/null | sed -n 's/.*"count":\([0-9]*\).*/\1/p')" >&2
 printf '  %-40s %s rows\n' "PostgreSQL table cases" \
 	"$("$PG_BINDIR/psql" -X -qtA "$PG_DSN" -c 'select count(*) from cases' 2>/dev/null || echo '?')" >&2
+
+if [[ ${DEMO_KEEP_SERVICES:-} == 1 ]]; then
+	log "the servers keep running; to look at what landed:"
+	cat >&2 <<-EOF
+		  eval "\$(scripts/services.sh env)"    # COUCH_URL, ES_URL, PG_DSN, TCP_ADDRESS
+		  head -3 ${PTOP_OUT#"$PTOP_ROOT"/}/case-search.jsonl
+		  curl -s '$ES_URL/case-search/_search?size=3&pretty'
+		  $PG_BINDIR/psql '$PG_DSN' -c 'select * from cases limit 5'
+		  bin/ptop status pipelines/; bin/ptop errors --dir pipelines/
+		  scripts/services.sh down              # when done
+	EOF
+else
+	log "the servers are stopped, and the index and table with them; the files stay in ${PTOP_OUT#"$PTOP_ROOT"/}/"
+	log "to keep the servers and look at the index and table: DEMO_KEEP_SERVICES=1 $0"
+fi
 exit "$rc"

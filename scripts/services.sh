@@ -8,6 +8,13 @@
 #   scripts/services.sh down           # stop what `up` started (by PID file only)
 #   scripts/services.sh up couch       # any command can name some services only
 #
+# Services: couch (pouchdb-server; `up` also creates the database the shipped
+# pillows read, $COUCH_DB or cases), opensearch, postgres, and lines (a TCP
+# line listener standing in for logstash, for pillows/cases-tcp.yaml; it
+# appends what it receives to $PTOP_OUT/cases-tcp.lines, default out/).
+# After `up`, `ptop run pipelines/` runs every shipped pillow; in a second
+# shell, `eval "$(scripts/services.sh env)"` sets the same variables.
+#
 # Only `export NAME=value` lines go to stdout; everything else goes to stderr.
 # State (PID files, logs, scratch dirs) lives in .cache/services/ (gitignored).
 #
@@ -20,6 +27,9 @@
 #   PG_DATA_DIR     keep the PostgreSQL cluster in this directory; default: a fresh
 #                   throwaway cluster at every `up`
 #   PTOP_PG_BINDIR  use the PostgreSQL binaries (initdb, postgres) of this directory
+#   COUCH_DB        the database `up` creates for the shipped pillows (default cases)
+#   TCP_PORT        port for the line listener (default: a free port)
+#   PTOP_OUT        where the line listener writes (default out/)
 #
 # Go integration tests do not use this script: they start their own servers
 # through internal/testenv.
@@ -32,7 +42,7 @@ START_TIMEOUT=30 # seconds until a server must answer
 
 # Services in start order; `down` goes in reverse. Each NAME has the functions
 # NAME_up (start if needed, then print its exports), NAME_down, NAME_running and NAME_env.
-SERVICES=(couch opensearch postgres)
+SERVICES=(couch opensearch postgres lines)
 
 # ---------------------------------------------------------------------------
 # process helpers (PID files)
@@ -164,7 +174,19 @@ couch_up() {
 		"$POUCHDB_BIN" --host 127.0.0.1 --port "$port" --no-color "${args[@]}"
 	wait_healthy pouchdb-server "$COUCH_PID" "$COUCH_LOG" "$(couch_url)/"
 	log "pouchdb-server ready (pid $(<"$COUCH_PID"))"
+	couch_create_db
 	couch_env
+}
+
+# couch_create_db: create the database the shipped pillows read, if missing.
+couch_create_db() {
+	local db=${COUCH_DB:-cases} code
+	code=$(curl -sS -o /dev/null -w '%{http_code}' -X PUT "$(couch_url)/$db") || die "could not create database $db"
+	case $code in
+	201 | 202) log "created database $db" ;;
+	412) ;; # it exists
+	*) die "could not create database $db (HTTP $code)" ;;
+	esac
 }
 
 couch_down() {
@@ -371,6 +393,59 @@ postgres_down() {
 		if [[ $dir == "$STATE/postgres" || $dir == */ptop-services-postgres ]]; then rm -rf "$dir"; fi
 	fi
 	rm -f "$PG_PORTFILE" "$PG_DIRFILE"
+}
+
+# ---------------------------------------------------------------------------
+# TCP line listener (TCP_ADDRESS): internal/cmd/linesink, the demo's stand-in for
+# logstash's tcp input with the json_lines codec. Appends every line to
+# $PTOP_OUT/cases-tcp.lines.
+
+LINES_PID=$STATE/lines.pid
+LINES_PORTFILE=$STATE/lines.port
+LINES_LOG=$STATE/lines.log
+LINES_BIN=$STATE/linesink
+
+lines_out() { printf '%s/cases-tcp.lines' "${PTOP_OUT:-$PTOP_ROOT/out}"; }
+
+lines_running() {
+	pidfile_pid "$LINES_PID" >/dev/null && [[ -f $LINES_PORTFILE ]] &&
+		(exec 3<>"/dev/tcp/127.0.0.1/$(<"$LINES_PORTFILE")") 2>/dev/null
+}
+
+lines_env() { printf 'export TCP_ADDRESS=127.0.0.1:%s\n' "$(<"$LINES_PORTFILE")"; }
+
+lines_up() {
+	local port out i
+	if lines_running; then
+		log "line listener already running (pid $(<"$LINES_PID"), 127.0.0.1:$(<"$LINES_PORTFILE"))"
+		lines_env
+		return 0
+	fi
+	lines_down
+	command -v go >/dev/null || die "go not found in PATH (the line listener is built from internal/cmd/linesink)"
+	(cd "$PTOP_ROOT" && go build -o "$LINES_BIN" ./internal/cmd/linesink) || die "could not build internal/cmd/linesink"
+	port=${TCP_PORT:-$(free_port)}
+	out=$(lines_out)
+	mkdir -p "$(dirname "$out")"
+	printf '%s\n' "$port" >"$LINES_PORTFILE"
+	: >"$LINES_LOG"
+	log "starting the line listener on 127.0.0.1:$port, appending to $out"
+	spawn "$LINES_PID" "$LINES_LOG" "$STATE" "$LINES_BIN" -listen "127.0.0.1:$port" -out "$out"
+	for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+		lines_running && break
+		if ! pidfile_pid "$LINES_PID" >/dev/null; then
+			cat "$LINES_LOG" >&2
+			die "the line listener did not start"
+		fi
+		sleep 0.1
+	done
+	lines_running || die "the line listener did not start"
+	lines_env
+}
+
+lines_down() {
+	stop_pidfile "line listener" "$LINES_PID" linesink
+	rm -f "$LINES_PORTFILE"
 }
 
 # ---------------------------------------------------------------------------

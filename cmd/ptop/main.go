@@ -26,7 +26,7 @@ const usage = `ptop follows CouchDB _changes feeds through pillows into sinks.
 
 Usage:
   ptop run [DIR] [--pillow NAME]...   run the pillows in DIR (default pipelines/)
-  ptop validate [DIR or FILE]...      load and compile pillows; touch no network
+  ptop validate [--strict] [DIR]...   load and compile pillows; touch no network
   ptop reindex NAME [--keep-old]      rebuild a pillow's index or table from the start, then flip
   ptop status [DIR]                   checkpoint, pending changes and failed changes per pillow
   ptop errors [NAME]                  list failed changes; also: errors retry NAME [ID]..., errors purge [NAME [ID]...]
