@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # The project's one test command (CI runs it through .ci/run):
 #
+#   scripts/test.sh           prepare, then everything below
+#   scripts/test.sh prepare   step 1 only: install the test servers, run nothing
+#
+# Tests never install anything themselves; `go test -short ./...` (the unit
+# tier) needs none of it.
+#
 #   1. npm ci in tools/pouchdb if node_modules is missing or stale; PostgreSQL
 #      (apt-get install postgresql-15) if initdb is missing
 #   2. go vet ./...
@@ -45,6 +51,10 @@ ensure_postgres # PostgreSQL from Debian's packages if initdb is missing
 # shellcheck disable=SC2119 # no names: every pinned server
 ensure_opensearch # OpenSearch and Elasticsearch integ-test-zips from Maven Central
 log "postgres: $("$PG_BINDIR/postgres" --version)"
+if [[ ${1:-} == prepare ]]; then
+	step="done"
+	exit 0
+fi
 
 section "go vet ./..."
 go vet ./...

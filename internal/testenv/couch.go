@@ -1,8 +1,8 @@
 //go:build unix
 
 // Package testenv starts the real servers that ptop's integration tests talk
-// to (see DESIGN.md section 5). For now: pouchdb-server 4.2.0, the
-// CouchDB-protocol server pinned in tools/pouchdb.
+// to: pouchdb-server 4.2.0 (the CouchDB-protocol server pinned in
+// tools/pouchdb), OpenSearch and Elasticsearch, PostgreSQL.
 //
 //	couch := testenv.StartCouch(t, testenv.CouchOptions{})
 //	couch.CreateDB(t, "db")
@@ -10,9 +10,12 @@
 //	// ... point the code under test at couch.URL ...
 //
 // Each StartCouch starts a fresh server process on a free loopback port; it is
-// killed when the test ends. The first call in a test binary installs
-// tools/pouchdb's node_modules with npm ci if they are missing or stale
-// (same stamp and lock file as scripts/lib.sh).
+// killed when the test ends. Tests never install anything: scripts/test.sh
+// prepare runs npm ci in tools/pouchdb (and fetches the other servers); a
+// missing or stale install fails the test with that hint.
+//
+// Every Start function skips its test under go test -short: -short is the
+// unit tier, with no server.
 package testenv
 
 import (
@@ -78,11 +81,12 @@ type couchProc struct {
 // does not answer within 30 s.
 //
 // The binary is tools/pouchdb/node_modules/.bin/pouchdb-server under the repo
-// root (found by walking up from the working directory to go.mod), installed
-// with npm ci first if needed, or $PTOP_POUCHDB_BIN if set (best absolute: a
+// root (found by walking up from the working directory to go.mod), or
+// $PTOP_POUCHDB_BIN if set (best absolute: a
 // relative path is taken from the test's working directory, its package dir).
 func StartCouch(t testing.TB, opts CouchOptions) *Couch {
 	t.Helper()
+	skipShort(t, "pouchdb-server")
 	bin, err := PouchDBBin()
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
@@ -501,11 +505,9 @@ var pouchdbOnce struct {
 }
 
 // PouchDBBin returns the pouchdb-server binary to run: $PTOP_POUCHDB_BIN if
-// set, else tools/pouchdb/node_modules/.bin/pouchdb-server, after running
-// npm ci there if node_modules is missing or was installed from another
-// package-lock.json. The install happens once per process and under a file
-// lock (.cache/pouchdb-npm.lock, shared with scripts/lib.sh) so that test
-// binaries running in parallel do not install at the same time.
+// set, else tools/pouchdb/node_modules/.bin/pouchdb-server if it was
+// installed from the current package-lock.json (scripts/lib.sh writes the
+// stamp).
 func PouchDBBin() (string, error) {
 	pouchdbOnce.Do(func() {
 		pouchdbOnce.bin, pouchdbOnce.err = findPouchDBBin()
@@ -534,56 +536,14 @@ func findPouchDBBin() (string, error) {
 		return "", err
 	}
 	pdir := filepath.Join(root, "tools", "pouchdb")
-	bin := filepath.Join(pdir, "node_modules", ".bin", "pouchdb-server")
-	if depsFresh(pdir) {
-		return bin, nil
+	if !depsFresh(pdir) {
+		return "", fmt.Errorf("pouchdb-server is not installed in %s, or was installed from another package-lock.json: run scripts/test.sh prepare (npm ci there), or set PTOP_POUCHDB_BIN", pdir)
 	}
-
-	cache := filepath.Join(root, ".cache")
-	if err := os.MkdirAll(cache, 0o755); err != nil {
-		return "", err
-	}
-	lock, err := os.OpenFile(filepath.Join(cache, "pouchdb-npm.lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return "", err
-	}
-	defer lock.Close() // releases the flock
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return "", fmt.Errorf("lock %s: %w", lock.Name(), err)
-	}
-	if depsFresh(pdir) { // installed by another process while we waited
-		return bin, nil
-	}
-
-	npm, err := exec.LookPath("npm")
-	if err != nil {
-		return "", fmt.Errorf("npm not found: install Node.js and npm, or run scripts/services.sh up once, or set PTOP_POUCHDB_BIN: %w", err)
-	}
-	// Same flags as scripts/lib.sh. Install scripts are not needed: leveldown
-	// loads the prebuilt binary from its tarball.
-	cmd := exec.Command(npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--prefer-offline")
-	cmd.Dir = pdir
-	cmd.Stdin = nil
-	start := time.Now()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("npm ci in %s failed after %v: %w\n%s", pdir, time.Since(start).Round(time.Second), err, out)
-	}
-	sum, err := lockSum(pdir)
-	if err != nil {
-		return "", err
-	}
-	if err := os.WriteFile(stampPath(pdir), []byte(sum+"\n"), 0o644); err != nil {
-		return "", err
-	}
-	if _, err := os.Stat(bin); err != nil {
-		return "", fmt.Errorf("npm ci in %s did not install pouchdb-server: %w\n%s", pdir, err, out)
-	}
-	return bin, nil
+	return filepath.Join(pdir, "node_modules", ".bin", "pouchdb-server"), nil
 }
 
 // stampPath holds the sha256 of the package-lock.json node_modules was
-// installed from (written by scripts/lib.sh and by findPouchDBBin).
+// installed from (written by scripts/lib.sh).
 func stampPath(pdir string) string {
 	return filepath.Join(pdir, "node_modules", ".ptop-lock-sha256")
 }

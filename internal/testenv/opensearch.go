@@ -10,9 +10,9 @@ package testenv
 //	own := testenv.StartSearch(t, testenv.SearchOptions{Own: true})
 //	own.Stop(t); own.Restart(t)        // same ports, same data
 //
-// tools/opensearch/install.sh fetches a server's integ-test-zip from Maven
-// Central (with mvn) and unpacks it under .cache once; it holds a file lock
-// while it does, so test binaries running in parallel wait for each other.
+// scripts/test.sh prepare (tools/opensearch/install.sh) fetches each server's
+// integ-test-zip from Maven Central (with mvn) and unpacks it under .cache;
+// tests only look it up and fail with that hint when it is missing.
 // The servers run on the machine's Java 17 with a 512 MB heap, single-node,
 // on free loopback ports, with data and logs in a scratch directory under
 // the system temp dir. As root they run as PTOP_SEARCH_USER (default
@@ -119,6 +119,7 @@ type sharedServer struct {
 // does not start, and with a clear message if Java or Maven is missing.
 func StartSearch(t testing.TB, opts SearchOptions) *OpenSearch {
 	t.Helper()
+	skipShort(t, "a search server")
 	if opts.Dist == "" {
 		opts.Dist = OpenSearch2
 	}
@@ -344,7 +345,7 @@ func (s *OpenSearch) LogTail() string {
 	return "--- " + s.Dist + " log (" + s.logPath + ") ---\n" + strings.Join(lines, "\n")
 }
 
-// newSearch installs the server if needed and prepares a scratch
+// newSearch finds the installed server and prepares a scratch
 // directory (config, data, logs) for it, owned by the user it runs as.
 func newSearch(dist string) (*OpenSearch, error) {
 	home, err := SearchHome(dist)
@@ -638,8 +639,9 @@ var searchHomes struct {
 }
 
 // SearchHome returns the install directory of a server named in
-// tools/opensearch/servers.txt, fetching and unpacking it first if needed
-// (tools/opensearch/install.sh, under a file lock).
+// tools/opensearch/servers.txt. Tests never fetch it: scripts/test.sh
+// prepare does (tools/opensearch/install.sh); a missing server is an error
+// that says so.
 func SearchHome(dist string) (string, error) {
 	searchHomes.Lock()
 	defer searchHomes.Unlock()
@@ -654,7 +656,7 @@ func SearchHome(dist string) (string, error) {
 		return "", fmt.Errorf("java not found: the %s server needs a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless)", dist)
 	}
 	script := filepath.Join(root, "tools", "opensearch", "install.sh")
-	cmd := exec.Command("bash", script, dist)
+	cmd := exec.Command("bash", script, "--check", dist)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	start := time.Now()

@@ -2,8 +2,8 @@
 
 package testenv
 
-// PostgreSQL for tests: a throwaway cluster made with initdb (DESIGN.md
-// section 5: PostgreSQL 15 from Debian's packages).
+// PostgreSQL for tests: a throwaway cluster made with initdb (PostgreSQL 15
+// from Debian's packages, which scripts/test.sh prepare installs).
 //
 //	pg := testenv.StartPostgres(t)           // a cluster of its own
 //	pg.Exec(t, "CREATE TABLE x (a int)")
@@ -77,6 +77,7 @@ type pgProc struct {
 // others can share one with SharedPostgres.
 func StartPostgres(t testing.TB) *Postgres {
 	t.Helper()
+	skipShort(t, "PostgreSQL")
 	p, err := startPostgres()
 	if p != nil {
 		t.Cleanup(p.destroy)
@@ -100,6 +101,7 @@ var shared struct {
 // (Linux) but its temporary directory stays.
 func SharedPostgres(t testing.TB) *Postgres {
 	t.Helper()
+	skipShort(t, "PostgreSQL")
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
 	if shared.pg == nil && shared.err == nil {
@@ -304,7 +306,7 @@ func PostgresBinDir() (string, error) {
 			return d, nil
 		}
 	}
-	return "", fmt.Errorf("PostgreSQL not found (no initdb on PATH nor in /usr/lib/postgresql/*/bin): install it with `%s` (scripts/test.sh does), or set PTOP_PG_BINDIR", PostgresInstall)
+	return "", fmt.Errorf("PostgreSQL not found (no initdb on PATH nor in /usr/lib/postgresql/*/bin): install it with `%s` (scripts/test.sh prepare does), or set PTOP_PG_BINDIR", PostgresInstall)
 }
 
 // pgVersion is the major version in /usr/lib/postgresql/VERSION/bin.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -46,5 +47,14 @@ func awaitExit(cmd *exec.Cmd, done <-chan struct{}, sig syscall.Signal, grace ti
 		return nil
 	case <-time.After(30 * time.Second):
 		return fmt.Errorf("pid %d did not exit after signal %v", cmd.Process.Pid, sig)
+	}
+}
+
+// skipShort skips t under `go test -short`: a test that starts a server is an
+// integration test, and -short runs the unit tier only.
+func skipShort(t testing.TB, server string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("integration test: starts %s; runs without -short", server)
 	}
 }

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Fetch and unpack a pinned search server (see servers.txt), once:
 #
-#   tools/opensearch/install.sh [NAME]   # NAME from servers.txt, default opensearch
+#   tools/opensearch/install.sh [NAME]           # NAME from servers.txt, default opensearch
+#   tools/opensearch/install.sh --check [NAME]   # print the home if installed, else fail
+#
+# Tests use --check: they never fetch (scripts/test.sh prepare does).
 #
 # prints the server's home directory (bin/, lib/, config/) on stdout; all
 # else goes to stderr. The zip comes from Maven Central through mvn (into
@@ -27,6 +30,11 @@ root=$(cd "$here/../.." && pwd)
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 log() { printf 'install.sh: %s\n' "$*" >&2; }
 
+check_only=false
+if [[ ${1:-} == --check ]]; then
+	check_only=true
+	shift
+fi
 name=${1:-opensearch}
 coords=$(awk -v n="$name" '$1 == n { print $2 }' "$here/servers.txt")
 [[ -n $coords ]] || die "unknown server \"$name\"; known: $(awk '!/^#/ && NF { printf "%s ", $1 }' "$here/servers.txt")"
@@ -56,6 +64,7 @@ if installed; then
 	printf '%s\n' "$home"
 	exit 0
 fi
+$check_only && die "$name is not installed in $home: run scripts/test.sh prepare (fetches it from Maven Central)"
 
 command -v java >/dev/null || die "java not found in PATH: $name needs a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless)"
 command -v mvn >/dev/null || die "mvn not found in PATH: it fetches $name from Maven Central (Debian: apt-get install maven)"
