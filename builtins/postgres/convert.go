@@ -144,15 +144,6 @@ func head(i int, r *engine.Record) (row, error) {
 	return out, nil
 }
 
-// encode makes the row of record i with its values.
-func (e *encoder) encode(i int, r *engine.Record) (row, error) {
-	out, err := head(i, r)
-	if err == nil && !r.Delete {
-		out.vals, err = e.values(r, nil)
-	}
-	return out, err
-}
-
 // fields returns a record's fields.
 func fields(r *engine.Record) (map[string]any, error) {
 	doc, ok := r.Doc.(map[string]any)
@@ -388,8 +379,6 @@ func appendFloat(dst []byte, f float64) []byte {
 	}
 	return strconv.AppendFloat(dst, f, 'g', -1, 64)
 }
-
-func formatFloat(f float64) string { return string(appendFloat(nil, f)) }
 
 // appendJSON appends v as JSON, as encoding/json would (without HTML
 // escaping); sorted orders object keys.

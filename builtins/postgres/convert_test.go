@@ -84,7 +84,7 @@ func TestEncode(t *testing.T) {
 		{engine.Record{ID: "x", Doc: "just a string"}, `the record is a string, not an object`},
 		{engine.Record{ID: "x", Doc: nil}, `the record is null, not an object`},
 	} {
-		r, err := e.encode(0, &tc.rec)
+		r, err := encodeRow(e, 0, &tc.rec)
 		var got string
 		if err != nil {
 			got = err.Error()
@@ -104,11 +104,23 @@ func TestEncode(t *testing.T) {
 		}
 	}
 	// Deletions need no document.
-	r, err := e.encode(3, &engine.Record{ID: "x", Rev: "4-d", Delete: true})
+	r, err := encodeRow(e, 3, &engine.Record{ID: "x", Rev: "4-d", Delete: true})
 	if err != nil || !r.del || r.gen != 4 || r.index != 3 {
 		t.Fatalf("delete: %+v, %v", r, err)
 	}
 }
+
+// encodeRow makes the row of record i with its values, as the sink's write
+// path does with head and values.
+func encodeRow(e *encoder, i int, r *engine.Record) (row, error) {
+	out, err := head(i, r)
+	if err == nil && !r.Delete {
+		out.vals, err = e.values(r, nil)
+	}
+	return out, err
+}
+
+func formatFloat(f float64) string { return string(appendFloat(nil, f)) }
 
 func TestFormatFloat(t *testing.T) {
 	for f, want := range map[float64]string{
