@@ -17,41 +17,41 @@ import (
 // Config is a pillow file as written.
 type Config struct {
 	Name        string      `yaml:"name" ptop:"required"`
-	Description string      `yaml:"description"`
+	Description string      `yaml:"description" doc:"Free text for people reading the pillow; ptop status shows it."`
 	Source      SourceBlock `yaml:"source" ptop:"required"`
 	// Filter is an expr-lang expression over the change (id, seq, rev,
 	// deleted, doc); changes for which it is false are dropped.
-	Filter string `yaml:"filter" ptop:"raw"`
+	Filter string `yaml:"filter" ptop:"raw" doc:"An expr-lang expression over the change (id, seq, rev, deleted, doc) that must be boolean; changes for which it is false are dropped. An unknown name is a load error."`
 	// Transform is JavaScript defining function transform(doc, change).
-	Transform        string      `yaml:"transform" ptop:"raw"`
-	TransformFile    string      `yaml:"transform_file"`
-	TransformTimeout Duration    `yaml:"transform_timeout"`
-	Batch            Batch       `yaml:"batch"`
-	Sinks            []SinkBlock `yaml:"sinks" ptop:"required"`
+	Transform        string      `yaml:"transform" ptop:"raw" doc:"JavaScript defining function transform(doc, change), returning a record, an array of records or null. Set this or transform_file, not both."`
+	TransformFile    string      `yaml:"transform_file" doc:"A JavaScript file defining transform(doc, change), relative to the pillow file. Set this or transform, not both."`
+	TransformTimeout Duration    `yaml:"transform_timeout" doc:"Time limit of one transform call (default 1s); a call that runs longer fails its change."`
+	Batch            Batch       `yaml:"batch" doc:"When a batch is written: at size changes, or wait after its first change, whichever comes first."`
+	Sinks            []SinkBlock `yaml:"sinks" ptop:"required" doc:"Where records go: a list of one-key objects, each a sink type with its settings. At least one."`
 	// Errors says how failed changes are retried.
-	Errors RetryPolicy `yaml:"errors"`
+	Errors RetryPolicy `yaml:"errors" doc:"How failed changes are retried from the error store."`
 	// Checkpoint names where the checkpoint is kept, when not in the
 	// source.
-	Checkpoint *CheckpointBlock `yaml:"checkpoint"`
+	Checkpoint *CheckpointBlock `yaml:"checkpoint" doc:"Keep the checkpoint in this store instead of the source, e.g. {postgres: {dsn: …}}; with a Postgres sink on the same database, records and checkpoint are written in one transaction."`
 	// IncludeDesign passes design documents (_design/…) on; they are
 	// skipped by default.
-	IncludeDesign bool `yaml:"include_design"`
+	IncludeDesign bool `yaml:"include_design" doc:"Pass design documents (_design/…) on; they are skipped by default."`
 	// SkipDeletes drops deletions instead of deleting the document's
 	// records in every sink.
-	SkipDeletes bool `yaml:"skip_deletes"`
+	SkipDeletes bool `yaml:"skip_deletes" doc:"Drop deletions instead of deleting the document's records in every sink."`
 	// Workers is the number of goroutines running filter and transform;
 	// 0 means one per CPU.
-	Workers int `yaml:"workers"`
+	Workers int `yaml:"workers" doc:"Goroutines running filter and transform in parallel, order kept; 0 (default) means one per CPU."`
 	// MaxDocBytes fails documents larger than this (as the feed sends
 	// them) instead of processing them; 0 means no limit.
-	MaxDocBytes int `yaml:"max_doc_bytes"`
+	MaxDocBytes int `yaml:"max_doc_bytes" doc:"A larger document (as the feed sends it) is a failed change instead of being processed; 0 (default) means no limit."`
 }
 
 // Batch says when a batch is written: at Size changes or Wait after its
 // first change, whichever comes first.
 type Batch struct {
-	Size int      `yaml:"size"`
-	Wait Duration `yaml:"wait"`
+	Size int      `yaml:"size" doc:"Changes per batch (default 500)."`
+	Wait Duration `yaml:"wait" doc:"Longest wait after a batch's first change before it is written (default 100ms)."`
 }
 
 // Validate implements Validator.
@@ -75,10 +75,10 @@ func (c *Config) SetDefaults() {
 // doubling up to MaxBackoff, until MaxAttempts attempts have failed; the
 // error store is checked for due retries every Poll.
 type RetryPolicy struct {
-	MaxAttempts int      `yaml:"max_attempts"`
-	Backoff     Duration `yaml:"backoff"`
-	MaxBackoff  Duration `yaml:"max_backoff"`
-	Poll        Duration `yaml:"poll"`
+	MaxAttempts int      `yaml:"max_attempts" doc:"Attempts before a failed change is given up (kept in the error store, no longer retried); default 8."`
+	Backoff     Duration `yaml:"backoff" doc:"Delay before the first retry (default 30s); it doubles after each failed attempt."`
+	MaxBackoff  Duration `yaml:"max_backoff" doc:"Longest delay between retries (default 6h)."`
+	Poll        Duration `yaml:"poll" doc:"How often the error store is checked for due retries (default 5s)."`
 }
 
 // Validate implements Validator.

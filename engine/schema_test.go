@@ -134,9 +134,10 @@ func TestSchemaShape(t *testing.T) {
 		`"required":["name","source","sinks"]`,
 		`"source.couchdb":`, `"source.file":`, `"sink.file":`,
 		`"$ref":"#/definitions/source.couchdb"`,
-		`"size":{"anyOf":[{"type":"integer"},{"pattern":"\\$\\{","type":"string"}],"default":500}`,
+		`"size":{"anyOf":[{"type":"integer"},{"pattern":"\\$\\{","type":"string"}],"default":500,"description":`,
 		`"default":"10s"`, // the couchdb source's heartbeat, from its SetDefaults
-		`"filter":{"type":["string","number","boolean"]}`,
+		`"filter":{"description":"An expr-lang expression`,
+		`"type":["string","number","boolean"]}`,
 	} {
 		if !strings.Contains(js, want) {
 			t.Errorf("schema lacks %s", want)

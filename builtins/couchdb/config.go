@@ -13,30 +13,30 @@ import (
 type Config struct {
 	// URL is the server's address, http or https, with credentials in its
 	// userinfo if it needs them: "http://user:pass@127.0.0.1:5984".
-	URL string `yaml:"url" ptop:"required"`
+	URL string `yaml:"url" ptop:"required" doc:"Server address, http or https, with credentials in the userinfo if needed: http://user:pass@127.0.0.1:5984 (percent-encode special characters); else COUCH_USER and COUCH_PASSWORD."`
 	// DB is the database whose changes are followed.
-	DB string `yaml:"db" ptop:"required"`
+	DB string `yaml:"db" ptop:"required" doc:"The database whose changes are followed."`
 	// Since is where to start when the pillow has no checkpoint: "0" (the
 	// beginning, the default), "now" (only changes made from now on) or a
 	// sequence id ("42", "42-g1AAAA…").
-	Since string `yaml:"since"`
+	Since string `yaml:"since" doc:"Where to start when the pillow has no checkpoint: \"0\" (the beginning, default), \"now\" (only changes from now on) or a sequence id."`
 	// Selector is a Mango selector applied by the server (filter=_selector).
-	Selector map[string]any `yaml:"selector"`
+	Selector map[string]any `yaml:"selector" doc:"A Mango selector applied by the server (filter=_selector)."`
 	// Filter is a design-document filter, "ddoc/name", applied by the
 	// server, with Params as its query parameters.
-	Filter string            `yaml:"filter"`
-	Params map[string]string `yaml:"params"`
+	Filter string            `yaml:"filter" doc:"A design-document filter, \"ddoc/name\", applied by the server."`
+	Params map[string]string `yaml:"params" doc:"Query parameters passed to the design-document filter."`
 	// Heartbeat is how often the server is asked to show it is alive; a
 	// feed silent for three heartbeats is reconnected. Default 10s.
-	Heartbeat engine.Duration `yaml:"heartbeat"`
+	Heartbeat engine.Duration `yaml:"heartbeat" doc:"How often the server is asked to show it is alive (default 10s); a feed silent for three heartbeats is reconnected."`
 	// CheckpointID is the id of the _local document holding the pillow's
 	// checkpoint; default "_local/ptop-<pillow name>". A missing "_local/"
 	// prefix is added.
-	CheckpointID string `yaml:"checkpoint_id"`
+	CheckpointID string `yaml:"checkpoint_id" doc:"The _local document holding the checkpoint (default _local/ptop-NAME); a missing _local/ prefix is added."`
 	// ErrorsDB is the database, on the same server, of the error store of
 	// the pillows reading from this source (see ErrorStore). It is created
 	// on the first failure. Default "ptop_errors".
-	ErrorsDB string `yaml:"errors_db"`
+	ErrorsDB string `yaml:"errors_db" doc:"The database, on the same server, of the error store of pillows reading this source; created on the first failure (default ptop_errors)."`
 }
 
 // DefaultHeartbeat is the heartbeat when none is configured.

@@ -6,8 +6,8 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/dimagi/ptop/engine"
 	_ "github.com/dimagi/ptop/builtins/file" // the file source
+	"github.com/dimagi/ptop/engine"
 )
 
 // PrintConfig is what a pillow writes under `- print: {…}`. Fields are

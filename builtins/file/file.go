@@ -41,7 +41,7 @@ func init() {
 
 // SourceConfig is `source: {file: …}`.
 type SourceConfig struct {
-	Path string `yaml:"path" ptop:"required"`
+	Path string `yaml:"path" ptop:"required" doc:"The changes-feed dump to read, one _changes row per line (as feed=continuous&include_docs=true writes them)."`
 }
 
 // Validate implements engine.Validator.
@@ -148,10 +148,10 @@ func seqString(raw json.RawMessage) string {
 
 // SinkConfig is `- file: …` in sinks.
 type SinkConfig struct {
-	Path string `yaml:"path" ptop:"required"`
+	Path string `yaml:"path" ptop:"required" doc:"The file records are appended to, one JSON line each; \"-\" for standard output."`
 	// Sync calls fsync after each batch, for durability across a crash of
 	// the machine, not just of ptop.
-	Sync bool `yaml:"sync"`
+	Sync bool `yaml:"sync" doc:"Call fsync after each batch, for durability across a crash of the machine, not just of ptop."`
 }
 
 // Validate implements engine.Validator.

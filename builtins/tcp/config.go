@@ -18,14 +18,14 @@ import (
 type Config struct {
 	// Address is the peer's host:port ("logstash.internal:5000",
 	// "[::1]:5000"); the port may be a service name ("http").
-	Address string `yaml:"address" ptop:"required"`
+	Address string `yaml:"address" ptop:"required" doc:"The peer's host:port, e.g. logstash.internal:5000 or [::1]:5000."`
 	// TLS, when set (even as `tls: {}`), wraps the connection in TLS.
-	TLS *TLSConfig `yaml:"tls"`
+	TLS *TLSConfig `yaml:"tls" doc:"Wrap the connection in TLS (even tls: {} does, with the system's roots)."`
 	// WriteTimeout bounds the sending of one batch: writing it and, on
 	// Linux, the peer's TCP acknowledging every byte of it. Default 10s.
-	WriteTimeout engine.Duration `yaml:"write_timeout"`
+	WriteTimeout engine.Duration `yaml:"write_timeout" doc:"Longest time to send one batch, including (on Linux) the peer's TCP acknowledging every byte (default 10s)."`
 	// DialTimeout bounds connecting, TLS handshake included. Default 5s.
-	DialTimeout engine.Duration `yaml:"dial_timeout"`
+	DialTimeout engine.Duration `yaml:"dial_timeout" doc:"Longest time to connect, TLS handshake included (default 5s)."`
 }
 
 // TLSConfig is the `tls` block of Config. Relative file names are taken
@@ -33,16 +33,16 @@ type Config struct {
 type TLSConfig struct {
 	// CAFile holds the PEM certificates the server's certificate must
 	// chain to; default: the system's roots.
-	CAFile string `yaml:"ca_file"`
+	CAFile string `yaml:"ca_file" doc:"PEM certificates the server's certificate must chain to, relative to the pillow file; default the system's roots."`
 	// CertFile and KeyFile are a PEM client certificate and its key, for
 	// servers that ask for one (logstash's ssl_client_authentication).
-	CertFile string `yaml:"cert_file"`
-	KeyFile  string `yaml:"key_file"`
+	CertFile string `yaml:"cert_file" doc:"A PEM client certificate, for servers that ask for one; relative to the pillow file."`
+	KeyFile  string `yaml:"key_file" doc:"The client certificate's PEM key; relative to the pillow file."`
 	// ServerName is the name the server's certificate must carry;
 	// default: the host of Address.
-	ServerName string `yaml:"server_name"`
+	ServerName string `yaml:"server_name" doc:"The name the server's certificate must carry; default the host of address."`
 	// InsecureSkipVerify accepts any server certificate. For tests only.
-	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify" doc:"Accept any server certificate. For tests only."`
 }
 
 // Defaults of Config.
