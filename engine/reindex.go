@@ -74,7 +74,11 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 		}
 	}
 	if len(rebuild) == 0 {
-		return fmt.Errorf("pillow %s: none of its sinks can be rebuilt (elasticsearch with a mapping_file, postgres)", s.Name)
+		var names []string
+		for _, o := range s.outputs {
+			names = append(names, o.Name)
+		}
+		return fmt.Errorf("pillow %s: none of its sinks (%s) can be rebuilt by a reindex; the README's reindex section says which can", s.Name, strings.Join(names, ", "))
 	}
 	rebuildName, catchupName := s.Name+".reindex", s.Name+".reindex-catchup"
 	catchupAt, err := s.cps.LoadCheckpoint(ctx, catchupName)
