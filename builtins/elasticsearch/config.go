@@ -3,7 +3,6 @@ package elasticsearch
 import (
 	"bytes"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/internal/tlsconf"
 )
 
 // Config is the YAML under `- elasticsearch: …` in sinks.
@@ -37,7 +37,7 @@ type Config struct {
 	MappingFile string `yaml:"mapping_file" doc:"JSON file of the index mappings, relative to the pillow file: the mappings object, or a create-index body {mappings, settings}. A changed mapping needs a reindex."`
 	// Settings are the index's settings, such as {number_of_shards: 1}.
 	Settings map[string]any `yaml:"settings" doc:"Index settings for the index the sink creates, such as {number_of_shards: 1}."`
-	TLS      TLS            `yaml:"tls" doc:"https settings."`
+	TLS      tlsconf.Config `yaml:"tls" doc:"https settings: the same tls block as every network source and sink."`
 	// Timeout bounds each request. Default 30s.
 	Timeout engine.Duration `yaml:"timeout" doc:"Bound on each request (default 30s)."`
 	// MaxRetries is how often a write retries the records that the server
@@ -45,24 +45,6 @@ type Config struct {
 	// it gives the batch back to the engine, which retries it with backoff.
 	// Default 3.
 	MaxRetries int `yaml:"max_retries" doc:"Retries within a write of the records the server turns away for now (429, 5xx), before the batch goes back to the engine's backoff (default 3)."`
-}
-
-// TLS configures https connections.
-type TLS struct {
-	// CAFile is a PEM file of certificates to trust besides the system's,
-	// relative to the pillow file.
-	CAFile string `yaml:"ca_file" doc:"PEM file of certificates to trust besides the system ones, relative to the pillow file."`
-	// InsecureSkipVerify accepts any server certificate: for tests only.
-	InsecureSkipVerify bool `yaml:"insecure_skip_verify" doc:"Accept any server certificate: for tests only."`
-}
-
-// Validate implements engine.Validator: it reads the CA file.
-func (c *TLS) Validate(ch *engine.Check) {
-	if ch.Has("ca_file") {
-		if _, err := loadCAs(resolve(filepath.Dir(ch.File()), c.CAFile)); err != nil {
-			ch.Errorf("ca_file", "ca_file %q: %v", c.CAFile, err)
-		}
-	}
 }
 
 // Defaults.
@@ -111,12 +93,7 @@ func (c *Config) Validate(ch *engine.Check) {
 	}
 }
 
-func resolve(dir, path string) string {
-	if path == "" || filepath.IsAbs(path) {
-		return path
-	}
-	return filepath.Join(dir, path)
-}
+func resolve(dir, path string) string { return tlsconf.Resolve(dir, path) }
 
 // parseURL checks a server URL; the message never repeats a password.
 func parseURL(s string) (*url.URL, string) {
@@ -250,23 +227,4 @@ func jsonError(b []byte, err error) error {
 func physicalName(alias string, body []byte) string {
 	sum := sha256.Sum256(body)
 	return alias + "-" + hex.EncodeToString(sum[:4])
-}
-
-func loadCAs(path string) (*x509.CertPool, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		var pe *os.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return nil, err
-	}
-	pool, err := x509.SystemCertPool()
-	if err != nil {
-		pool = x509.NewCertPool()
-	}
-	if !pool.AppendCertsFromPEM(b) {
-		return nil, errors.New("no PEM certificate in it")
-	}
-	return pool, nil
 }

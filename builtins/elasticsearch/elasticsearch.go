@@ -85,7 +85,6 @@ package elasticsearch
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	stdjson "encoding/json"
 	"errors"
@@ -167,17 +166,11 @@ func New(cfg *Config, bc engine.BuildContext) (engine.Sink, error) {
 
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 4
-	if cfg.TLS.CAFile != "" || cfg.TLS.InsecureSkipVerify {
-		tc := &tls.Config{InsecureSkipVerify: cfg.TLS.InsecureSkipVerify} //nolint:gosec // asked for in the config
-		if cfg.TLS.CAFile != "" {
-			pool, err := loadCAs(resolve(bc.Dir, cfg.TLS.CAFile))
-			if err != nil {
-				return nil, fmt.Errorf("tls.ca_file %q: %w", cfg.TLS.CAFile, err)
-			}
-			tc.RootCAs = pool
-		}
-		tr.TLSClientConfig = tc
+	tc, err := cfg.TLS.Build(bc.Dir, u.Hostname())
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
 	}
+	tr.TLSClientConfig = tc
 	timeout := cfg.Timeout.D()
 	if timeout <= 0 {
 		timeout = DefaultTimeout

@@ -76,6 +76,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"os"
 	"sync"
 	"time"
@@ -130,7 +131,11 @@ func New(cfg *Config, bc engine.BuildContext) (engine.Sink, error) {
 	}
 	s := &Sink{cfg: *cfg, log: log.With("sink", "tcp", "address", cfg.Address)}
 	if cfg.TLS != nil {
-		t, err := cfg.TLS.build(bc.Dir, cfg.Address)
+		host, _, err := net.SplitHostPort(cfg.Address)
+		if err != nil {
+			return nil, err
+		}
+		t, err := cfg.TLS.Build(bc.Dir, host)
 		if err != nil {
 			return nil, err
 		}

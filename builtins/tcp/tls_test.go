@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/internal/tlsconf"
 )
 
 // selfSigned makes a self-signed certificate for 127.0.0.1 and
@@ -93,7 +94,7 @@ func TestTLS(t *testing.T) {
 			close(closed)
 		},
 	})
-	s := newSink(t, Config{Address: p.addr, TLS: &TLSConfig{CAFile: caFile, CertFile: clientFile, KeyFile: clientKey}})
+	s := newSink(t, Config{Address: p.addr, TLS: &tlsconf.Config{CAFile: caFile, CertFile: clientFile, KeyFile: clientKey}})
 	ctx := context.Background()
 	if err := s.Open(ctx); err != nil {
 		t.Fatal(err)
@@ -113,26 +114,26 @@ func TestTLS(t *testing.T) {
 	}
 
 	// By name, with server_name.
-	s = newSink(t, Config{Address: p.addr, TLS: &TLSConfig{CAFile: caFile, CertFile: clientFile, KeyFile: clientKey, ServerName: "logstash.test"}})
+	s = newSink(t, Config{Address: p.addr, TLS: &tlsconf.Config{CAFile: caFile, CertFile: clientFile, KeyFile: clientKey, ServerName: "logstash.test"}})
 	if err := s.Write(ctx, records(6, 1)); err != nil {
 		t.Fatal(err)
 	}
 
 	// A server whose certificate does not verify: a permanent error at Open.
 	_, otherCA, _ := selfSigned(t, dir, "other")
-	s = newSink(t, Config{Address: p.addr, TLS: &TLSConfig{CAFile: otherCA, CertFile: clientFile, KeyFile: clientKey}})
+	s = newSink(t, Config{Address: p.addr, TLS: &tlsconf.Config{CAFile: otherCA, CertFile: clientFile, KeyFile: clientKey}})
 	err := s.Open(ctx)
 	var cve *tls.CertificateVerificationError
 	if !engine.IsPermanent(err) || !errors.As(err, &cve) {
 		t.Fatalf("Open with the wrong CA = %v, want a permanent certificate error", err)
 	}
 	// Also with the wrong name.
-	s = newSink(t, Config{Address: p.addr, TLS: &TLSConfig{CAFile: caFile, CertFile: clientFile, KeyFile: clientKey, ServerName: "elsewhere.test"}})
+	s = newSink(t, Config{Address: p.addr, TLS: &tlsconf.Config{CAFile: caFile, CertFile: clientFile, KeyFile: clientKey, ServerName: "elsewhere.test"}})
 	if err := s.Open(ctx); !engine.IsPermanent(err) {
 		t.Fatalf("Open with the wrong server name = %v, want a permanent error", err)
 	}
 	// insecure_skip_verify accepts it.
-	s = newSink(t, Config{Address: p.addr, TLS: &TLSConfig{CertFile: clientFile, KeyFile: clientKey, InsecureSkipVerify: true}})
+	s = newSink(t, Config{Address: p.addr, TLS: &tlsconf.Config{CertFile: clientFile, KeyFile: clientKey, InsecureSkipVerify: true}})
 	if err := s.Write(ctx, records(7, 1)); err != nil {
 		t.Fatal(err)
 	}
