@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"unicode/utf8"
 
 	json "github.com/goccy/go-json"
 
 	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/internal/jsonx"
 )
 
 // span is the encoded action (and document) of one record in the
@@ -139,21 +139,8 @@ func generation(rev string) int64 {
 	return n
 }
 
-// appendJSONString appends s as a JSON string.
-func appendJSONString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= utf8.RuneSelf {
-			q, err := json.Marshal(s)
-			if err != nil { // invalid UTF-8 is replaced, never an error
-				q = strconv.AppendQuote(nil, s)
-			}
-			return append(b, q...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
-}
+// appendJSONString appends s as a JSON string (see jsonx.AppendString).
+func appendJSONString(b []byte, s string) []byte { return jsonx.AppendString(b, s) }
 
 // bulkItem is one item of a _bulk response.
 type bulkItem struct {

@@ -2,7 +2,6 @@ package elasticsearch
 
 import (
 	"bufio"
-	"bytes"
 	stdjson "encoding/json"
 	"errors"
 	"fmt"
@@ -369,19 +368,6 @@ func TestGeneration(t *testing.T) {
 	for rev, want := range map[string]int64{"3-abc": 3, "12-x": 12, "1": 1, "": 0, "abc": 0, "-1": 0, "3x-1": 0, "99999999999999999999-a": 0} {
 		if got := generation(rev); got != want {
 			t.Errorf("generation(%q) = %d, want %d", rev, got, want)
-		}
-	}
-}
-
-func TestAppendJSONString(t *testing.T) {
-	for _, s := range []string{"", "plain", `q"uote`, `back\slash`, "new\nline", "ünï", "<&>", "\x00", "bad\xffutf8"} {
-		got := appendJSONString(nil, s)
-		var back string
-		if err := stdjson.Unmarshal(got, &back); err != nil {
-			t.Errorf("%q encoded as %s: %v", s, got, err)
-		}
-		if !bytes.Equal([]byte(back), []byte(s)) && s != "bad\xffutf8" {
-			t.Errorf("%q came back as %q", s, back)
 		}
 	}
 }

@@ -201,18 +201,3 @@ func TestAppendJSON(t *testing.T) {
 		t.Error("NaN written as JSON")
 	}
 }
-
-func FuzzAppendJSONString(f *testing.F) {
-	for _, s := range []string{"", "a\"b\\c", "\x00\u2028", "\xff\xfe", "日本"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		var want strings.Builder
-		enc := stdjson.NewEncoder(&want)
-		enc.SetEscapeHTML(false)
-		enc.Encode(s)
-		if got := string(appendJSONString(nil, s)); got != strings.TrimSuffix(want.String(), "\n") {
-			t.Fatalf("appendJSONString(%q) = %s, want %s", s, got, want.String())
-		}
-	})
-}
