@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"runtime"
 	"strings"
 	"sync"
@@ -602,7 +601,7 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 // retry calls f until it succeeds, fails permanently or ctx ends, backing
 // off exponentially from 100ms to 30s with jitter, and logs each failure.
 func retry(ctx context.Context, log *slog.Logger, what string, f func() error) error {
-	delay := 100 * time.Millisecond
+	var backoff Backoff
 	for attempt := 1; ; attempt++ {
 		err := f()
 		if err == nil {
@@ -617,13 +616,10 @@ func retry(ctx context.Context, log *slog.Logger, what string, f func() error) e
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		wait := delay/2 + rand.N(delay/2+1)
+		wait := backoff.Next()
 		log.Warn(what+" failed; retrying", "attempt", attempt, "in", wait.Round(time.Millisecond), "error", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
+		if err := Sleep(ctx, wait); err != nil {
+			return err
 		}
-		delay = min(delay*2, 30*time.Second)
 	}
 }

@@ -91,7 +91,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
@@ -507,7 +506,7 @@ func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
 	defer s.mu.Unlock()
 	var rerrs engine.RecordErrors
 	spans := s.enc.encode(records, &rerrs)
-	delay := 100 * time.Millisecond
+	backoff := engine.Backoff{Max: 5 * time.Second}
 	for attempt := 0; len(spans) > 0; attempt++ {
 		retry, err := s.send(ctx, records, spans, &rerrs)
 		if err != nil {
@@ -521,13 +520,9 @@ func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
 				len(retry), len(records), attempt, retry[0].why)
 		}
 		s.log.Debug("retrying records turned away for now", "records", len(retry), "first", retry[0].why, "attempt", attempt+1)
-		wait := delay/2 + rand.N(delay/2+1)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
+		if err := engine.Sleep(ctx, backoff.Next()); err != nil {
+			return err
 		}
-		delay = min(delay*2, 5*time.Second)
 		spans = spans[:0]
 		for _, r := range retry {
 			spans = append(spans, r.span)

@@ -75,7 +75,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
@@ -215,13 +214,12 @@ func (s *Sink) encode(records []engine.Record) engine.RecordErrors {
 // send sends data, reconnecting when the connection is gone or breaks.
 func (s *Sink) send(ctx context.Context, data []byte) error {
 	var err error
-	pause := firstPause
+	backoff := engine.Backoff{Min: firstPause}
 	for attempt := 1; attempt <= attempts; attempt++ {
 		if attempt > 1 {
-			if werr := sleep(ctx, pause/2+rand.N(pause/2+1)); werr != nil {
+			if werr := engine.Sleep(ctx, backoff.Next()); werr != nil {
 				return fmt.Errorf("sending a batch to %s: %w (after: %v)", s.cfg.Address, werr, err)
 			}
-			pause *= 2
 		}
 		if s.conn != nil {
 			if cerr := s.conn.check(); cerr != nil {
@@ -276,17 +274,6 @@ func (s *Sink) Close() error {
 	err := s.conn.close()
 	s.conn = nil
 	return err
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 var _ engine.Sink = (*Sink)(nil)
