@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Throughput benchmarks, printed as docs/s (see README, Performance):
-#   1. ptop from the file source through filter + transform into the file sink
+#   1. ptop from the file source through filter + transform into the file sink,
+#      and Benthos v4.60 (tools/benthos) doing the same work with a bloblang
+#      mapping on the same file, in the same run
 #   2. curl alone reading pouchdb-server's feed (normal and continuous)
 #   3. ptop reading the same continuous feed into the file sink
 #      (as is, and through filter + transform)
 #
 #   scripts/bench.sh                 # 100k documents
 #   BENCH_DOCS=20000 scripts/bench.sh
+#   BENCH_ONLY=engine scripts/bench.sh   # step 1 only: ptop against Benthos
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -25,6 +28,7 @@ trap cleanup EXIT
 mkdir -p bin
 go build -o bin/ptop ./cmd/ptop
 go build -o bin/gendocs ./internal/cmd/gendocs
+(cd tools/benthos && go build -o ../../bin/benthos .)
 
 now() { date +%s.%N; }
 rate() { awk -v n="$1" -v s="$2" -v e="$3" 'BEGIN { printf "%d", n / (e - s) }'; }
@@ -72,6 +76,41 @@ for ((i = 0; i < RUNS; i++)); do
 done
 file_rate=$(best <<<"$rates")
 echo "file source -> filter+transform -> file sink: $file_rate docs/s (best of $RUNS:$rates)"
+
+# 1b. Benthos, the same filter and transform as a bloblang mapping, the
+# same input, the same output shape; time to the end of its run.
+cat >"$work/benthos.yaml" <<EOF
+input:
+  file:
+    paths: [ "$work/changes.jsonl" ]
+    scanner: { lines: { max_buffer_size: 16777216 } }
+pipeline:
+  threads: -1
+  processors:
+    - mapping: |
+        let doc = this.doc
+        root = if \$doc.doc_type == "CommCareCase" && ["demo", "prod"].contains(\$doc.domain) {
+          {"action": "index", "id": \$doc._id, "doc": {"_id": \$doc._id, "name": \$doc.name.uppercase(), "domain": \$doc.domain,
+            "opened_on": \$doc.opened_on, "closed": \$doc.closed, "age": \$doc.properties.age, "village": \$doc.properties.village}}
+        } else { deleted() }
+output:
+  file: { path: "$work/benthos.out", codec: lines }
+logger: { level: WARN }
+EOF
+rates=""
+for ((i = 0; i < RUNS; i++)); do
+	rm -f "$work/benthos.out"
+	s=$(now)
+	bin/benthos -c "$work/benthos.yaml"
+	e=$(now)
+	rates="$rates $(rate "$N" "$s" "$e")"
+done
+benthos_rate=$(best <<<"$rates")
+[[ $(wc -l <"$work/benthos.out") == $(wc -l <"$work/file/out.jsonl") ]] ||
+	die "benthos wrote $(wc -l <"$work/benthos.out") lines, ptop $(wc -l <"$work/file/out.jsonl"): not the same work"
+echo "benthos v4.60, file -> bloblang -> file: $benthos_rate docs/s (best of $RUNS:$rates); ptop is $(awk -v a="$file_rate" -v b="$benthos_rate" 'BEGIN { printf "%.1f", a / b }')x (goal >= 3.5x)"
+
+[[ ${BENCH_ONLY:-} == engine ]] && exit 0
 
 # 2. the server and curl
 if ! scripts/services.sh env couch >/dev/null 2>&1; then
