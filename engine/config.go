@@ -179,7 +179,7 @@ func (b *block) decodeNode(d *decoder, n *yaml.Node, expand bool, kind string, r
 		return
 	}
 	b.Type, b.Pos = k.Value, NodePos(d.file, k)
-	cfg := p.newConfig()
+	cfg := p.NewConfig()
 	before := d.unsetCount()
 	d.decode(v, reflectValue(cfg), expand)
 	b.Config = cfg
@@ -361,7 +361,7 @@ func parse(path string, data []byte, po parseOptions) (*Spec, error) {
 		AddToHash: func(data []byte) { h.Write(data) }}
 	defer func() { s.Hash = hex.EncodeToString(h.Sum(nil)) }()
 	if !s.Source.unset {
-		src2, err := sources[s.Source.Type].build(s.Source.Config, bc)
+		src2, err := sources[s.Source.Type].Build(s.Source.Config, bc)
 		if err != nil {
 			errs.Append(s.Source.Pos, err)
 		} else {
@@ -370,7 +370,7 @@ func parse(path string, data []byte, po parseOptions) (*Spec, error) {
 	}
 	if s.Checkpoint != nil && s.Checkpoint.Config != nil {
 		if !s.Checkpoint.unset {
-			cs, err := checkpoints[s.Checkpoint.Type].build(s.Checkpoint.Config, bc)
+			cs, err := checkpoints[s.Checkpoint.Type].Build(s.Checkpoint.Config, bc)
 			if err != nil {
 				errs.Append(s.Checkpoint.Pos, err)
 			} else {
@@ -389,7 +389,7 @@ func parse(path string, data []byte, po parseOptions) (*Spec, error) {
 		if b.unset {
 			continue
 		}
-		sk, err := sinks[b.Type].build(b.Config, bc)
+		sk, err := sinks[b.Type].Build(b.Config, bc)
 		if err != nil {
 			errs.Append(b.Pos, err)
 			continue

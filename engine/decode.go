@@ -11,30 +11,24 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/dimagi/ptop/component"
 )
 
-// Duration is a time.Duration written in YAML as a Go duration string
-// ("500ms", "10s") or a number of seconds.
-type Duration time.Duration
-
-// D returns the value as a time.Duration.
-func (d Duration) D() time.Duration { return time.Duration(d) }
-
-func (d Duration) String() string { return time.Duration(d).String() }
-
-// MarshalYAML writes the duration back in its string form.
-func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+// Duration and Defaulter are component's: config structs of components
+// and of the engine use them alike.
+type (
+	Duration  = component.Duration
+	Defaulter = component.Defaulter
+)
 
 // Validator is implemented by config structs that check themselves after
-// decoding. Validate must not touch the network.
+// decoding with the engine's Check, which also gives the YAML nodes: the
+// engine's own config types, and components written before
+// component.Validator (the decoder takes either). Validate must not touch
+// the network.
 type Validator interface {
 	Validate(c *Check)
-}
-
-// Defaulter is implemented by config structs that set default values before
-// decoding.
-type Defaulter interface {
-	SetDefaults()
 }
 
 // Check gives a config struct's Validate method the positions of its keys, so
@@ -73,6 +67,21 @@ func (c *Check) File() string { return c.file }
 
 // Node returns key's value node, or nil.
 func (c *Check) Node(key string) *yaml.Node { return c.keys[key] }
+
+// MapKeys implements component.Check.
+func (c *Check) MapKeys(key string) []string {
+	n := c.keys[key]
+	if n == nil || n.Kind != yaml.MappingNode {
+		return nil
+	}
+	keys := make([]string, 0, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		keys = append(keys, n.Content[i].Value)
+	}
+	return keys
+}
+
+var _ component.Check = (*Check)(nil)
 
 // decoder turns YAML nodes into config values. Field tags: `yaml:"name"` for
 // the key, and `ptop:"required"`, `ptop:"raw"` (no ${VAR} expansion, for
@@ -407,7 +416,10 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, expand bool) {
 			d.errorf(n, "missing required key %q", f.key)
 		}
 	}
-	if vd, ok := v.Addr().Interface().(Validator); ok {
+	switch vd := v.Addr().Interface().(type) {
+	case Validator:
+		vd.Validate(check)
+	case component.Validator:
 		vd.Validate(check)
 	}
 }

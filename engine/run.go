@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dimagi/ptop/component"
 	json "github.com/goccy/go-json"
 )
 
@@ -601,7 +602,7 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 // retry calls f until it succeeds, fails permanently or ctx ends, backing
 // off exponentially from 100ms to 30s with jitter, and logs each failure.
 func retry(ctx context.Context, log *slog.Logger, what string, f func() error) error {
-	var backoff Backoff
+	var backoff component.Backoff
 	for attempt := 1; ; attempt++ {
 		err := f()
 		if err == nil {
@@ -618,7 +619,7 @@ func retry(ctx context.Context, log *slog.Logger, what string, f func() error) e
 		}
 		wait := backoff.Next()
 		log.Warn(what+" failed; retrying", "attempt", attempt, "in", wait.Round(time.Millisecond), "error", err)
-		if err := Sleep(ctx, wait); err != nil {
+		if err := component.Sleep(ctx, wait); err != nil {
 			return err
 		}
 	}

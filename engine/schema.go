@@ -205,7 +205,7 @@ func (g *schemaGen) block(kind string, reg map[string]plugin) map[string]any {
 		def := kind + "." + n
 		if _, done := g.defs[def]; !done {
 			g.defs[def] = map[string]any{} // a placeholder while it is built
-			cfg := reflect.TypeOf(reg[n].newConfig()).Elem()
+			cfg := reflect.TypeOf(reg[n].NewConfig()).Elem()
 			g.defs[def] = g.of(cfg, reflect.Value{}, true)
 		}
 		alts = append(alts, map[string]any{

@@ -99,6 +99,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dimagi/ptop/component"
 	"github.com/dimagi/ptop/engine"
 )
 
@@ -506,7 +507,7 @@ func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
 	defer s.mu.Unlock()
 	var rerrs engine.RecordErrors
 	spans := s.enc.encode(records, &rerrs)
-	backoff := engine.Backoff{Max: 5 * time.Second}
+	backoff := component.Backoff{Max: 5 * time.Second}
 	for attempt := 0; len(spans) > 0; attempt++ {
 		retry, err := s.send(ctx, records, spans, &rerrs)
 		if err != nil {
@@ -520,7 +521,7 @@ func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
 				len(retry), len(records), attempt, retry[0].why)
 		}
 		s.log.Debug("retrying records turned away for now", "records", len(retry), "first", retry[0].why, "attempt", attempt+1)
-		if err := engine.Sleep(ctx, backoff.Next()); err != nil {
+		if err := component.Sleep(ctx, backoff.Next()); err != nil {
 			return err
 		}
 		spans = spans[:0]

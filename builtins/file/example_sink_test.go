@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	_ "github.com/dimagi/ptop/builtins/file" // the file source
+	"github.com/dimagi/ptop/component"
 	"github.com/dimagi/ptop/engine"
 )
 
@@ -17,8 +18,8 @@ type PrintConfig struct {
 	Prefix string `yaml:"prefix" doc:"printed before each record's id"`
 }
 
-// Validate implements engine.Validator.
-func (c *PrintConfig) Validate(ch *engine.Check) {
+// Validate implements component.Validator.
+func (c *PrintConfig) Validate(ch component.Check) {
 	if ch.Has("prefix") && c.Prefix == "" {
 		ch.Errorf("prefix", "prefix must not be empty")
 	}
@@ -31,8 +32,8 @@ func (s *printSink) Open(context.Context) error { return nil }
 func (s *printSink) Close() error               { return nil }
 
 // Write acknowledges the whole batch by returning nil; an error would make
-// the engine retry it, a *engine.RecordErrors would reject single records.
-func (s *printSink) Write(_ context.Context, records []engine.Record) error {
+// the engine retry it, a component.RecordErrors would reject single records.
+func (s *printSink) Write(_ context.Context, records []component.Record) error {
 	for _, r := range records {
 		if r.Delete {
 			fmt.Printf("%s%s deleted\n", s.prefix, r.ID)
@@ -43,12 +44,13 @@ func (s *printSink) Write(_ context.Context, records []engine.Record) error {
 	return nil
 }
 
-// A sink is a type with Open, Write and Close, registered under a name
-// from its package's init (cmd/ptop imports every builtin package).
+// A sink is a type with Open, Write and Close, written against package
+// component alone and registered under a name from its package's init
+// (cmd/ptop imports every builtin package). The engine runs it.
 // This example registers a sink that prints records, and runs a pillow
 // that reads a changes dump with the file source into it.
 func ExampleRegisterSink() {
-	engine.RegisterSink("print", func(cfg *PrintConfig, _ engine.BuildContext) (engine.Sink, error) {
+	component.RegisterSink("print", func(cfg *PrintConfig, _ component.BuildContext) (component.Sink, error) {
 		return &printSink{prefix: cfg.Prefix}, nil
 	})
 

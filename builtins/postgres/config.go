@@ -8,7 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"gopkg.in/yaml.v3"
 
 	"github.com/dimagi/ptop/engine"
 )
@@ -83,12 +82,7 @@ func (c *Config) Validate(ch *engine.Check) {
 	} else if reserved(c.Key, true) {
 		ch.Errorf("key", "key %q is a column ptop keeps for itself; choose another name", c.Key)
 	}
-	c.columnOrder = c.columnOrder[:0]
-	if n := ch.Node("columns"); n != nil && n.Kind == yaml.MappingNode {
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			c.columnOrder = append(c.columnOrder, n.Content[i].Value)
-		}
-	}
+	c.columnOrder = append(c.columnOrder[:0], ch.MapKeys("columns")...)
 	seen := map[string]bool{}
 	for _, name := range c.columnOrder {
 		typ, ok := c.Columns[name]

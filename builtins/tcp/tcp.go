@@ -82,6 +82,7 @@ import (
 
 	json "github.com/goccy/go-json"
 
+	"github.com/dimagi/ptop/component"
 	"github.com/dimagi/ptop/engine"
 )
 
@@ -214,10 +215,10 @@ func (s *Sink) encode(records []engine.Record) engine.RecordErrors {
 // send sends data, reconnecting when the connection is gone or breaks.
 func (s *Sink) send(ctx context.Context, data []byte) error {
 	var err error
-	backoff := engine.Backoff{Min: firstPause}
+	backoff := component.Backoff{Min: firstPause}
 	for attempt := 1; attempt <= attempts; attempt++ {
 		if attempt > 1 {
-			if werr := engine.Sleep(ctx, backoff.Next()); werr != nil {
+			if werr := component.Sleep(ctx, backoff.Next()); werr != nil {
 				return fmt.Errorf("sending a batch to %s: %w (after: %v)", s.cfg.Address, werr, err)
 			}
 		}
