@@ -11,25 +11,25 @@ import (
 )
 
 type (
-	Change = component.Change
-	Record = component.Record
-	Source = component.Source
-	CheckpointStore = component.CheckpointStore
-	Sink = component.Sink
-	TransactionalSink = component.TransactionalSink
-	Rebuildable = component.Rebuildable
-	RecordError = component.RecordError
-	RecordErrors = component.RecordErrors
-	Failure = component.Failure
-	ErrorEntry = component.ErrorEntry
-	ErrorStore = component.ErrorStore
+	Change             = component.Change
+	Record             = component.Record
+	Source             = component.Source
+	CheckpointStore    = component.CheckpointStore
+	Sink               = component.Sink
+	TransactionalSink  = component.TransactionalSink
+	Rebuildable        = component.Rebuildable
+	RecordError        = component.RecordError
+	RecordErrors       = component.RecordErrors
+	Failure            = component.Failure
+	ErrorEntry         = component.ErrorEntry
+	ErrorStore         = component.ErrorStore
 	ErrorStoreProvider = component.ErrorStoreProvider
-	DocReader = component.DocReader
-	FeedStatus = component.FeedStatus
-	PendingCounter = component.PendingCounter
-	CheckpointTimer = component.CheckpointTimer
-	LogErrorStore = component.LogErrorStore
-	BuildContext = component.BuildContext
+	DocReader          = component.DocReader
+	FeedStatus         = component.FeedStatus
+	PendingCounter     = component.PendingCounter
+	CheckpointTimer    = component.CheckpointTimer
+	LogErrorStore      = component.LogErrorStore
+	BuildContext       = component.BuildContext
 )
 
 type plugin = component.Factory
