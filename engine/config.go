@@ -54,10 +54,21 @@ type Batch struct {
 	Wait Duration `yaml:"wait" doc:"Longest wait after a batch's first change before it is written (default 100ms)."`
 }
 
+// MaxBatchSize and MaxWorkers bound batch.size and workers: a batch's
+// changes are buffered ahead, and each worker holds a JavaScript runtime,
+// so larger values only cost memory.
+const (
+	MaxBatchSize = 100000
+	MaxWorkers   = 256
+)
+
 // Validate implements Validator.
 func (b *Batch) Validate(ch *Check) {
 	if b.Size <= 0 && ch.Has("size") {
 		ch.Errorf("size", "batch size must be positive, got %d", b.Size)
+	}
+	if b.Size > MaxBatchSize {
+		ch.Errorf("size", "batch size must be at most %d, got %d", MaxBatchSize, b.Size)
 	}
 	if b.Wait <= 0 && ch.Has("wait") {
 		ch.Errorf("wait", "batch wait must be positive, got %s", b.Wait)
@@ -121,6 +132,9 @@ func (c *Config) Validate(ch *Check) {
 	}
 	if c.Workers < 0 {
 		ch.Errorf("workers", "workers must be 0 (one per CPU) or more, got %d", c.Workers)
+	}
+	if c.Workers > MaxWorkers {
+		ch.Errorf("workers", "workers must be at most %d, got %d", MaxWorkers, c.Workers)
 	}
 	if c.MaxDocBytes < 0 {
 		ch.Errorf("max_doc_bytes", "max_doc_bytes must be 0 (no limit) or more, got %d", c.MaxDocBytes)

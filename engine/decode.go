@@ -244,7 +244,9 @@ func (d *decoder) decodeScalar(n *yaml.Node, v reflect.Value, expand bool) {
 		return
 	}
 	p := reflect.New(v.Type())
-	if isNull(n) || n.Decode(p.Interface()) != nil {
+	// yaml.v3 would truncate 1.9 into an integer field: only integers go there.
+	isInt := kindName(v.Kind()) == "an integer"
+	if isNull(n) || (isInt && n.ShortTag() != "!!int") || n.Decode(p.Interface()) != nil {
 		d.errorf(n, "expected %s, got %s", kindName(v.Kind()), describe(n))
 		return
 	}
