@@ -3,13 +3,16 @@ package engine
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -249,6 +252,38 @@ func Load(paths ...string) ([]*Spec, error) {
 	return LoadWith(LoadOptions{}, paths...)
 }
 
+// MaxTransformFileBytes is the largest transform_file read.
+const MaxTransformFileBytes = 4 << 20
+
+// readTransformFile reads a transform file: a regular file (not a device
+// or a pipe, which could be endless) of valid UTF-8, at most
+// MaxTransformFileBytes. Its errors never quote its content.
+func readTransformFile(file string) ([]byte, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, errors.New("not a regular file")
+	}
+	b, err := io.ReadAll(io.LimitReader(f, MaxTransformFileBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxTransformFileBytes {
+		return nil, fmt.Errorf("larger than %d MiB", MaxTransformFileBytes>>20)
+	}
+	if !utf8.Valid(b) {
+		return nil, errors.New("not UTF-8 text; a transform file is JavaScript")
+	}
+	return b, nil
+}
+
 func unwrapPathErr(err error) error {
 	if pe, ok := err.(*os.PathError); ok {
 		return pe.Err
@@ -345,7 +380,7 @@ func parse(path string, data []byte, po parseOptions) (*Spec, error) {
 	}
 	if n := keys["transform"]; n != nil && s.Transform != "" {
 		loc := locateScript(data, n)
-		t, err := compileTransform(path, loc, loc.pad(s.Transform), s.TransformTimeout.D())
+		t, err := compileTransform(path, loc, loc.pad(s.Transform), s.TransformTimeout.D(), false)
 		if err != nil {
 			errs.Append(NodePos(path, n), scriptError(path, loc, err, true))
 		}
@@ -355,12 +390,12 @@ func parse(path string, data []byte, po parseOptions) (*Spec, error) {
 		if !filepath.IsAbs(file) {
 			file = filepath.Join(dir, file)
 		}
-		b, err := os.ReadFile(file)
+		b, err := readTransformFile(file)
 		if err != nil {
 			errs.Add(NodePos(path, keys["transform_file"]), "transform_file %q: %v", s.TransformFile, unwrapPathErr(err))
 		} else {
 			h.Write(b)
-			t, err := compileTransform(file, scriptLoc{}, string(b), s.TransformTimeout.D())
+			t, err := compileTransform(file, scriptLoc{}, string(b), s.TransformTimeout.D(), true)
 			if err != nil {
 				errs.Append(Pos{File: file}, scriptError(file, scriptLoc{}, err, false))
 			}

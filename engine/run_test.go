@@ -193,7 +193,7 @@ func testSpec(t *testing.T, filterSrc, transformSrc string, src Source, sinks ..
 		s.filter = f
 	}
 	if transformSrc != "" {
-		tr, err := compileTransform("test.js", scriptLoc{}, transformSrc, s.TransformTimeout.D())
+		tr, err := compileTransform("test.js", scriptLoc{}, transformSrc, s.TransformTimeout.D(), false)
 		if err != nil {
 			t.Fatal(err)
 		}
