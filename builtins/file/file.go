@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 
@@ -73,14 +74,20 @@ type row struct {
 	LastSeq json.RawMessage `json:"last_seq"`
 }
 
-// Run implements engine.Source. since is ignored: the file is read from its
-// start.
+// Run implements engine.Source. With since empty the file is read from its
+// start; otherwise from after the row whose seq is since (a checkpoint
+// kept in another store, such as Postgres): the rows up to it were
+// processed by an earlier run. A since that no row of the file has is an
+// error, rather than a reason to read everything again.
 func (s *Source) Run(ctx context.Context, since string, out chan<- engine.Change) error {
 	f, err := os.Open(s.path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	if since == "0" {
+		since = "" // the start of the feed
+	}
 	r := bufio.NewReaderSize(f, 1<<20)
 	for lineNo := 1; ; lineNo++ {
 		line, err := r.ReadSlice('\n')
@@ -95,6 +102,12 @@ func (s *Source) Run(ctx context.Context, since string, out chan<- engine.Change
 		}
 		if len(bytes.TrimSpace(line)) > 0 {
 			c := parseRow(line, lineNo)
+			if c != nil && since != "" {
+				if c.Err == nil && c.Seq == since {
+					since = "" // what follows is new
+				}
+				c = nil
+			}
 			if c != nil {
 				select {
 				case out <- *c:
@@ -104,6 +117,9 @@ func (s *Source) Run(ctx context.Context, since string, out chan<- engine.Change
 			}
 		}
 		if err == io.EOF {
+			if since != "" {
+				return engine.Permanent(fmt.Errorf("%s: no row has the checkpoint's seq %q; the file is not the one the checkpoint was saved from", s.path, since))
+			}
 			return nil
 		}
 		if err != nil {
@@ -176,16 +192,21 @@ func NewSink(cfg *SinkConfig, _ engine.BuildContext) (engine.Sink, error) {
 	return &Sink{cfg: *cfg}, nil
 }
 
-// Open implements engine.Sink.
+// Open implements engine.Sink. The file's directory is created when
+// missing. A path that cannot be opened (a directory, no permission) is a
+// permanent error: retrying would not change it.
 func (s *Sink) Open(context.Context) error {
 	if s.cfg.Path == "-" {
 		s.f = os.Stdout
 	} else {
+		if err := os.MkdirAll(filepath.Dir(s.cfg.Path), 0o755); err != nil {
+			return engine.Permanent(err)
+		}
 		f, err := os.OpenFile(s.cfg.Path, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o644)
 		if err != nil {
-			return err
+			return engine.Permanent(err)
 		}
-		if err := dropPartialLine(f); err != nil {
+		if err := endPartialLine(f); err != nil {
 			f.Close()
 			return fmt.Errorf("%s: %w", s.cfg.Path, err)
 		}
@@ -197,15 +218,21 @@ func (s *Sink) Open(context.Context) error {
 	return nil
 }
 
-// dropPartialLine truncates what follows the file's last newline: the
-// part of a batch that a crash (kill -9) cut short. Its changes were not
-// checkpointed, so they are written again whole.
-func dropPartialLine(f *os.File) error {
+// ownLine is how every line the sink writes starts.
+var ownLine = []byte(`{"action":"`)
+
+// endPartialLine deals with what follows the file's last newline. A line
+// of the sink's own is the part of a batch that a crash (kill -9) cut
+// short: its changes were not checkpointed, so it is dropped and written
+// again whole. Anything else is someone else's text and is kept, ended
+// with a newline so that the next record starts a line of its own.
+func endPartialLine(f *os.File) error {
 	st, err := f.Stat()
 	if err != nil || st.Size() == 0 || !st.Mode().IsRegular() {
 		return err
 	}
 	size := st.Size()
+	keep := int64(0) // where the last line starts
 	buf := make([]byte, 64<<10)
 	for end := size; end > 0; {
 		start := max(end-int64(len(buf)), 0)
@@ -214,14 +241,23 @@ func dropPartialLine(f *os.File) error {
 			return err
 		}
 		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
-			if keep := start + int64(i) + 1; keep < size {
-				return f.Truncate(keep)
-			}
-			return nil
+			keep = start + int64(i) + 1
+			break
 		}
 		end = start
 	}
-	return f.Truncate(0)
+	if keep == size {
+		return nil
+	}
+	head := make([]byte, min(int64(len(ownLine)), size-keep))
+	if _, err := f.ReadAt(head, keep); err != nil && err != io.EOF {
+		return err
+	}
+	if bytes.HasPrefix(ownLine, head) {
+		return f.Truncate(keep)
+	}
+	_, err = f.Write([]byte{'\n'})
+	return err
 }
 
 type line struct {
