@@ -467,6 +467,12 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 			fail(c, "decode", fmt.Errorf("the document is %d bytes, more than max_doc_bytes (%d)", len(c.RawDoc), s.MaxDocBytes))
 			continue
 		}
+		if c.Doc == nil && c.RawDoc == nil {
+			// A feed read without include_docs, or a row whose doc the
+			// server left out: there is nothing to filter or write.
+			fail(c, "source", errors.New("the change has no document (the feed row has no doc)"))
+			continue
+		}
 		if c.Doc == nil && c.RawDoc != nil {
 			if err := json.Unmarshal(c.RawDoc, &c.Doc); err != nil {
 				fail(c, "decode", fmt.Errorf("decoding the document: %w", err))

@@ -716,3 +716,29 @@ func TestSequenceRewindCounted(t *testing.T) {
 		t.Fatalf("rewinds = %v, want 1 (6 → 3)", got)
 	}
 }
+
+// A change row without its document (a feed read without include_docs) is
+// a failed change, not a record of null.
+func TestChangeWithoutDocFails(t *testing.T) {
+	sink := &memSink{}
+	errs := &memErrors{}
+	cps := &memCheckpoints{}
+	s := testSpec(t, "", "", feed(doc("a"), Change{ID: "b", Rev: "1-b"}, Change{ID: "c", Rev: "2-c", Deleted: true}), sink)
+	runToEnd(t, s, RunOptions{Errors: errs, Checkpoints: cps})
+	if ids := errs.ids(); !reflect.DeepEqual(ids, []string{"b:source"}) {
+		t.Fatalf("failures = %v", ids)
+	}
+	if e := errs.entries["b"]; e.Error != "the change has no document (the feed row has no doc)" {
+		t.Fatalf("error = %q", e.Error)
+	}
+	var got []string
+	for _, r := range sink.records() {
+		got = append(got, fmt.Sprintf("%s:%v:%v", r.ID, r.Delete, r.Doc != nil))
+	}
+	if !reflect.DeepEqual(got, []string{"a:false:true", "c:true:false"}) {
+		t.Fatalf("records = %v", got)
+	}
+	if cps.get() != "3" {
+		t.Fatalf("checkpoint = %q, want 3", cps.get())
+	}
+}
