@@ -83,6 +83,10 @@ func (p *Pillow) retrier(ctx context.Context, out chan<- []Change) {
 	tick := time.NewTicker(p.Spec.Errors.Poll.D())
 	defer tick.Stop()
 	for {
+		// A retry in flight when the list is read may have been recorded
+		// after the store answered: its entry may still look due.
+		inFlight := map[string]bool{}
+		p.retrying.Range(func(k, _ any) bool { inFlight[k.(string)] = true; return true })
 		entries, err := p.errs.List(ctx, p.Spec.Name)
 		if err != nil && ctx.Err() == nil {
 			p.log.Warn("reading the error store for retries", "error", err)
@@ -94,6 +98,9 @@ func (p *Pillow) retrier(ctx context.Context, out chan<- []Change) {
 		for _, e := range entries {
 			if e.DocID == "" {
 				continue // an unreadable row: there is no document to read again
+			}
+			if _, busy := p.retrying.Load(e.DocID); busy || inFlight[e.DocID] {
+				continue // its last retry is still being processed
 			}
 			switch {
 			case e.Hash != p.Spec.Hash && !tried[e.DocID]:
@@ -118,6 +125,9 @@ func (p *Pillow) retrier(ctx context.Context, out chan<- []Change) {
 			due = due[n:]
 			if len(cs) == 0 {
 				continue
+			}
+			for _, c := range cs {
+				p.retrying.Store(c.ID, true)
 			}
 			select {
 			case out <- cs:

@@ -68,6 +68,10 @@ type Pillow struct {
 	// down holds, by sink name, the error of a sink that is failing whole
 	// batches: the pillow is unhealthy until it recovers.
 	down sync.Map
+	// retrying holds the ids of documents the retrier has sent and whose
+	// batch is not yet written: they are not sent again meanwhile, so an
+	// entry never gets more than max_attempts attempts.
+	retrying sync.Map
 	// errCount is the size of the pillow's error store, as last known.
 	errCount atomic.Int64
 	// startTime and checkpointTime are Unix nanoseconds.
@@ -254,6 +258,9 @@ func (p *Pillow) Run(ctx context.Context) error {
 			continue
 		}
 		if b.retry {
+			for _, c := range b.changes {
+				p.retrying.Delete(c.ID)
+			}
 			continue
 		}
 		if b.lastSeq == "" || p.cps == nil {

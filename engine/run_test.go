@@ -742,3 +742,43 @@ func TestChangeWithoutDocFails(t *testing.T) {
 		t.Fatalf("checkpoint = %q, want 3", cps.get())
 	}
 }
+
+// An entry is not retried again while its previous retry is still being
+// processed: with a slow sink and a fast poll, it still gets exactly
+// max_attempts attempts.
+func TestRetriesNeverExceedMaxAttempts(t *testing.T) {
+	src := &readerSource{chanSource: chanSource{in: make(chan Change, 4)}, docs: map[string]map[string]any{}}
+	sink := &memSink{reject: func(r Record) error {
+		if r.ID == "x" {
+			time.Sleep(20 * time.Millisecond) // a slow server: many polls pass meanwhile
+			return errors.New("rejected")
+		}
+		return nil
+	}}
+	errs := &memErrors{}
+	s := testSpec(t, "", "", src, sink)
+	s.Errors = RetryPolicy{MaxAttempts: 3, Backoff: Duration(time.Millisecond), MaxBackoff: Duration(time.Millisecond), Poll: Duration(time.Millisecond)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- NewPillow(s, RunOptions{Log: quietLog(), Errors: errs}).Run(ctx) }()
+	src.set("x", map[string]any{"_id": "x"})
+	c := doc("x")
+	c.Seq = "1"
+	src.in <- c
+	waitFor(t, "the entry to be given up", func() bool {
+		e, _ := errs.List(ctx, "test")
+		return len(e) == 1 && e[0].NextAttempt.IsZero()
+	})
+	// Stopping drains whatever is still in flight: extra attempts, if
+	// any were sent, are recorded before Run returns.
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := len(errs.ids()); n != 3 {
+		t.Fatalf("%d attempts recorded, want max_attempts 3: %v", n, errs.ids())
+	}
+	if e, _ := errs.List(context.Background(), "test"); e[0].Attempts != 3 {
+		t.Fatalf("entry: %+v", e[0])
+	}
+}
