@@ -218,7 +218,7 @@ type LogErrorStore struct{ Log *slog.Logger }
 
 // Record logs f.
 func (s LogErrorStore) Record(_ context.Context, f Failure, _ func(int) time.Duration) (ErrorEntry, error) {
-	s.Log.Error("change failed", "id", f.Change.ID, "seq", f.Change.Seq, "stage", f.Stage, "error", f.Err)
+	s.Log.Error("change failed", ClipAttr("id", f.Change.ID), "seq", f.Change.Seq, "stage", f.Stage, slog.String("error", ClipWords(f.Err.Error())))
 	return ErrorEntry{Pillow: f.Pillow, DocID: f.Change.ID, Attempts: 1, Error: f.Err.Error()}, nil
 }
 

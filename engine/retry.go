@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"log/slog"
 	"time"
 )
 
@@ -39,9 +40,9 @@ func (p *Pillow) recordFailure(ctx context.Context, f Failure) error {
 			p.failed[f.Change.ID] = true
 			p.errCount.Store(int64(len(p.failed)))
 			if e.NextAttempt.IsZero() {
-				p.log.Error("change failed; giving up after the last attempt", "id", f.Change.ID, "attempts", e.Attempts, "stage", f.Stage, "error", f.Err)
+				p.log.Error("change failed; giving up after the last attempt", ClipAttr("id", f.Change.ID), "attempts", e.Attempts, "stage", f.Stage, slog.String("error", ClipWords(f.Err.Error())))
 			} else {
-				p.log.Warn("change failed; stored for a retry", "id", f.Change.ID, "attempts", e.Attempts, "next_attempt", e.NextAttempt.Format(time.RFC3339), "stage", f.Stage, "error", f.Err)
+				p.log.Warn("change failed; stored for a retry", ClipAttr("id", f.Change.ID), "attempts", e.Attempts, "next_attempt", e.NextAttempt.Format(time.RFC3339), "stage", f.Stage, slog.String("error", ClipWords(f.Err.Error())))
 			}
 		}
 		return nil
@@ -69,7 +70,7 @@ func (p *Pillow) clearSucceeded(ctx context.Context, b *batch) error {
 		}
 		delete(p.failed, c.ID)
 		p.errCount.Store(int64(len(p.failed)))
-		p.log.Info("failed change now processed; error cleared", "id", c.ID)
+		p.log.Info("failed change now processed; error cleared", ClipAttr("id", c.ID))
 	}
 	return nil
 }
@@ -117,7 +118,7 @@ func (p *Pillow) retrier(ctx context.Context, out chan<- []Change) {
 			for _, id := range due[:n] {
 				c, err := p.reader.ReadDoc(ctx, id)
 				if err != nil {
-					p.log.Warn("reading a document to retry it", "id", id, "error", err)
+					p.log.Warn("reading a document to retry it", ClipAttr("id", id), "error", err)
 					continue
 				}
 				cs = append(cs, c)
