@@ -217,6 +217,7 @@ type Spec struct {
 	filter    *filter
 	transform *Transform
 	namePos   Pos
+	claims    []claim // destinations its sinks write (see Check.Claim)
 }
 
 // Src is the pillow's source.
@@ -362,6 +363,8 @@ func parse(path string, data []byte, po parseOptions) (*Spec, error) {
 	unsetBefore := d.unsetCount()
 	s := &Spec{File: path}
 	d.decode(doc, reflectValue(&s.Config), true)
+	s.claims = d.claims
+	checkClaims(&errs, s.claims)
 	keys := map[string]*yaml.Node{}
 	for i := 0; i+1 < len(doc.Content); i += 2 {
 		keys[doc.Content[i].Value] = doc.Content[i+1]

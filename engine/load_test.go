@@ -181,3 +181,19 @@ sinks: [{file: {path: "$${literal}"}}]
 		t.Errorf("filter and transform must not be expanded: %q %q", s.Filter, s.Transform)
 	}
 }
+
+// Two pillows whose file sinks write one file (named alike or not) are
+// reported at both places.
+func TestLoadFileSinkPathClaimedTwice(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out.jsonl")
+	a := writeFile(t, dir, "a.yaml", "name: a\nsource: {file: {path: x}}\nsinks: [{file: {path: "+out+"}}]\n")
+	b := writeFile(t, dir, "b.yaml", "name: b\nsource: {file: {path: x}}\nsinks:\n  - file: {path: "+dir+"/./out.jsonl}\n")
+	writeFile(t, dir, "c.yaml", "name: c\nsource: {file: {path: x}}\nsinks: [{file: {path: "+filepath.Join(dir, "other.jsonl")+"}}]\n")
+	_, err := engine.Load(dir)
+	want := a + `:3:23: file path "` + out + `" is written again at ` + b + ":4:18\n" +
+		b + `:4:18: file path "` + out + `" is already written at ` + a + ":3:23"
+	if err == nil || err.Error() != want {
+		t.Fatalf("got\n%v\nwant\n%s", err, want)
+	}
+}

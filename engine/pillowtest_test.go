@@ -256,7 +256,7 @@ sinks: [{file: {path: "${PTOP_TEST_UNSET_OUT}/a.jsonl"}}]
 	}
 
 	// Every other problem is still reported.
-	putFile(t, dir, "c.yaml", "name: c\nsource: {file: {path: \"${PTOP_TEST_UNSET_IN}\"}}\nbatchh: {}\nsinks: [{file: {path: y}}]\n")
+	putFile(t, dir, "c.yaml", "name: c\nsource: {file: {path: \"${PTOP_TEST_UNSET_IN}\"}}\nbatchh: {}\nsinks: [{file: {path: z}}]\n")
 	_, err = engine.LoadWith(engine.LoadOptions{AllowUnsetEnv: true}, dir)
 	if want := filepath.Join(dir, "c.yaml") + `:3:1: unknown key "batchh" (did you mean "batch"?)`; err == nil || err.Error() != want {
 		t.Fatalf("got %v, want %s", err, want)

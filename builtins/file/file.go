@@ -175,6 +175,12 @@ func (c *SinkConfig) Validate(ch *engine.Check) {
 	if ch.Has("path") && c.Path == "" {
 		ch.Errorf("path", "path must not be empty (use \"-\" for stdout)")
 	}
+	if c.Path != "" && c.Path != "-" {
+		// Two sinks appending to one file would interleave their lines.
+		if abs, err := filepath.Abs(c.Path); err == nil {
+			ch.Claim("path", "file path", abs)
+		}
+	}
 }
 
 // Sink appends records to a file as JSON lines.

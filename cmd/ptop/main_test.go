@@ -41,7 +41,7 @@ func TestValidateShippedPipelines(t *testing.T) {
 func TestValidateReportsEveryProblem(t *testing.T) {
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "a.yaml"), "name: a\nsource: {file: {path: x}}\nsinks: [{file: {path: y}}]\nbatch: {size: 0}\n")
-	write(t, filepath.Join(dir, "b.yaml"), "name: b\nsource: {file: {path: x}}\nfilter: doc.x ==\nsinks: [{file: {path: y}}]\n")
+	write(t, filepath.Join(dir, "b.yaml"), "name: b\nsource: {file: {path: x}}\nfilter: doc.x ==\nsinks: [{file: {path: z}}]\n")
 	code, out, errOut := ptop(t, "validate", dir)
 	if code != 1 || out != "" {
 		t.Fatalf("exit %d, stdout %q", code, out)
