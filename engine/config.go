@@ -334,6 +334,7 @@ func parseYAML(path string, data []byte, what string) (*yaml.Node, error) {
 			fmt.Sscan(m[1], &pos.Line)
 			pos.Col = 1
 			msg = m[2]
+			pos.Line, pos.Col = yamlErrorPos(data, pos.Line, msg)
 		}
 		errs.Add(pos, "invalid YAML: %s", strings.TrimPrefix(msg, "yaml: "))
 		return nil, errs.Err()
@@ -342,7 +343,139 @@ func parseYAML(path string, data []byte, what string) (*yaml.Node, error) {
 		errs.Add(Pos{File: path, Line: 1, Col: 1}, "empty %s", what)
 		return nil, errs.Err()
 	}
+	w := aliasWalk{file: path}
+	if err := w.walk(root.Content[0], 0, nil); err != nil {
+		return nil, err
+	}
 	return root.Content[0], nil
+}
+
+// yamlErrorPos places a syntax error that yaml.v3 reports at "line n".
+// Its scanner counts lines from 1, but its parser from 0, and for an
+// unclosed flow collection or a block mapping it names the line where
+// that started: the bracket that is never closed, the mapping's first
+// key. The column is that bracket's, or the line's first character.
+func yamlErrorPos(data []byte, n int, msg string) (line, col int) {
+	var open byte
+	switch msg {
+	case "did not find expected ',' or ']'":
+		open = '['
+	case "did not find expected ',' or '}'":
+		open = '{'
+	case "did not find expected key", "did not find expected '-' indicator", "did not find expected node content",
+		"did not find expected <document start>", "found undefined tag handle", "found duplicate %YAML directive",
+		"found incompatible YAML document", "found duplicate %TAG directive":
+	default:
+		return n, 1 // a scanner error
+	}
+	line = n + 1
+	lines := strings.Split(string(data), "\n")
+	last := len(lines)
+	for last > 1 && strings.TrimSpace(lines[last-1]) == "" {
+		last--
+	}
+	if line > last {
+		// At the end of the file: the last line is what is unfinished.
+		line = last
+		text := lines[line-1]
+		for _, b := range []byte{'[', '{'} {
+			if i := unclosed(text, b); i >= 0 {
+				return line, i + 1
+			}
+		}
+		return line, len(text) + 1
+	}
+	text := lines[line-1]
+	col = len(text) - len(strings.TrimLeft(text, " ")) + 1
+	if open != 0 {
+		if i := unclosed(text, open); i >= 0 {
+			col = i + 1
+		}
+	}
+	return line, col
+}
+
+// unclosed returns the index of the first bracket open (the '[' or '{')
+// of text that text does not close, or -1; quoted strings and comments
+// are skipped.
+func unclosed(text string, open byte) int {
+	var stack []int
+	for i := 0; i < len(text); i++ {
+		switch c := text[i]; c {
+		case '"', '\'':
+			j := i + 1
+			for j < len(text) && text[j] != c {
+				if c == '"' && text[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			i = j
+		case '#':
+			if i == 0 || text[i-1] == ' ' {
+				i = len(text)
+			}
+		case '[', '{':
+			stack = append(stack, i)
+		case ']', '}':
+			if len(stack) > 0 {
+				stack = stack[:len(stack)-1]
+			}
+		}
+	}
+	for _, i := range stack {
+		if text[i] == open {
+			return i
+		}
+	}
+	return -1
+}
+
+// Bounds of YAML alias expansion: a few hundred bytes of nested aliases
+// (a "billion laughs") would expand into millions of values when decoded.
+const (
+	MaxAliasDepth = 10     // aliases inside the value of an alias, nested
+	MaxAliases    = 1000   // aliases followed in one file, expanded
+	MaxValues     = 100000 // values in one file, aliases expanded
+)
+
+// aliasWalk counts what a document expands to, stopping at the first
+// bound passed: it takes at most MaxValues steps.
+type aliasWalk struct {
+	file            string
+	aliases, values int
+}
+
+// walk counts n and what it holds; outer is the outermost alias being
+// expanded (where a problem is reported: the alias written in the
+// document), depth how many are nested.
+func (w *aliasWalk) walk(n *yaml.Node, depth int, outer *yaml.Node) error {
+	at := n
+	if outer != nil {
+		at = outer
+	}
+	w.values++
+	if w.values > MaxValues {
+		return &Error{Pos: NodePos(w.file, at), Msg: fmt.Sprintf("the file expands to more than %d values through YAML aliases", MaxValues)}
+	}
+	if n.Kind == yaml.AliasNode {
+		w.aliases++
+		switch {
+		case w.aliases > MaxAliases:
+			return &Error{Pos: NodePos(w.file, at), Msg: fmt.Sprintf("more than %d YAML aliases, expanded", MaxAliases)}
+		case depth >= MaxAliasDepth:
+			return &Error{Pos: NodePos(w.file, at), Msg: fmt.Sprintf("YAML aliases nested more than %d deep", MaxAliasDepth)}
+		case n.Alias == nil:
+			return nil
+		}
+		return w.walk(n.Alias, depth+1, at)
+	}
+	for _, c := range n.Content {
+		if err := w.walk(c, depth, outer); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func parse(path string, data []byte, po parseOptions) (*Spec, error) {

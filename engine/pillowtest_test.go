@@ -290,7 +290,7 @@ func TestDecodeFile(t *testing.T) {
 		t.Errorf("got %v\nwant %s", err, wantErr)
 	}
 	p = putFile(t, dir, "syntax.yaml", "name: [\n")
-	if err := engine.DecodeFile(p, &decodeTarget{}); err == nil || !strings.HasPrefix(err.Error(), p+":1:1: invalid YAML") {
+	if err := engine.DecodeFile(p, &decodeTarget{}); err == nil || err.Error() != p+":1:7: invalid YAML: did not find expected node content" {
 		t.Errorf("syntax error: %v", err)
 	}
 	if err := engine.DecodeFile(filepath.Join(dir, "missing.yaml"), &decodeTarget{}); err == nil || !strings.Contains(err.Error(), "no such file") {
