@@ -58,6 +58,7 @@ func compileTransform(file string, loc scriptLoc, src string, timeout time.Durat
 		var el parser.ErrorList
 		if errors.As(err, &el) && len(el) > 0 {
 			e := el[0]
+			e.Position.Line, e.Position.Column = unexpectedAt(src, e.Position.Line, e.Position.Column, e.Message)
 			msg := e.Message
 			if quiet && !safeParseMessage(msg) {
 				msg = "syntax error (the file is not valid JavaScript here)"
@@ -111,6 +112,34 @@ func compileTransform(file string, loc scriptLoc, src string, timeout time.Durat
 	// thrown while transforming documents are shown whole.
 	t.quiet = false
 	return t, nil
+}
+
+// unexpectedAt moves an "Unexpected token X" error that goja's parser
+// places at the token after X (as in `{a: 1,, b}`, reported at b, perhaps
+// on the next line) back to X itself.
+func unexpectedAt(src string, line, col int, msg string) (int, int) {
+	tok, ok := strings.CutPrefix(msg, "Unexpected token ")
+	if !ok || tok == "" || line < 1 || col < 1 {
+		return line, col
+	}
+	lines := strings.SplitAfter(src, "\n")
+	if line > len(lines) {
+		return line, col
+	}
+	off := col - 1
+	for _, l := range lines[:line-1] {
+		off += len(l)
+	}
+	if off > len(src) || strings.HasPrefix(src[off:], tok) {
+		return line, col
+	}
+	before := strings.TrimRight(src[:off], " \t\r\n")
+	if !strings.HasSuffix(before, tok) {
+		return line, col
+	}
+	at := len(before) - len(tok)
+	l := strings.Count(src[:at], "\n") + 1
+	return l, at - (strings.LastIndexByte(src[:at], '\n') + 1) + 1
 }
 
 // safeParseMessage reports whether a parser message names token kinds
