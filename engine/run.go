@@ -340,6 +340,10 @@ func (p *Pillow) batcher(in <-chan Change, retries <-chan []Change, out chan<- *
 				cur = &batch{changes: make([]Change, 0, size)}
 				timer.Reset(wait)
 			}
+			if c.IsPosition() {
+				cur.lastSeq = c.Seq // nothing to process: only a checkpoint
+				continue
+			}
 			cur.changes = append(cur.changes, c)
 			if c.Seq != "" {
 				cur.lastSeq = c.Seq

@@ -782,3 +782,28 @@ func TestRetriesNeverExceedMaxAttempts(t *testing.T) {
 		t.Fatalf("entry: %+v", e[0])
 	}
 }
+
+// A position (a change with only Seq: the server filtered out the rest of
+// the feed) is checkpointed and nothing is processed for it, also alone
+// in a batch.
+func TestPositionOnlyChangeCheckpoints(t *testing.T) {
+	sink := &memSink{}
+	cps := &memCheckpoints{}
+	errs := &memErrors{}
+	c := doc("a")
+	c.Seq = "1"
+	s := testSpec(t, "", "", feed(c, Change{Seq: "7"}), sink)
+	s.Batch.Size = 1
+	p := NewPillow(s, RunOptions{Log: quietLog(), Checkpoints: cps, Errors: errs})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := sink.records(); len(got) != 1 || got[0].ID != "a" {
+		t.Fatalf("records = %+v", got)
+	}
+	if cps.get() != "7" || len(errs.ids()) != 0 || p.Stats.Seen.Load() != 1 {
+		t.Fatalf("checkpoint %q, failures %v, seen %d", cps.get(), errs.ids(), p.Stats.Seen.Load())
+	}
+}
