@@ -27,7 +27,7 @@ type Config struct {
 	Filter string `yaml:"filter" ptop:"raw" doc:"An expr-lang expression over the change (id, seq, rev, deleted, doc) that must be boolean; changes for which it is false are dropped. An unknown name is a load error."`
 	// Transform is JavaScript defining function transform(doc, change).
 	Transform        string      `yaml:"transform" ptop:"raw" doc:"JavaScript defining function transform(doc, change), returning a record, an array of records or null. Set this or transform_file, not both."`
-	TransformFile    string      `yaml:"transform_file" doc:"A JavaScript file defining transform(doc, change), relative to the pillow file. Set this or transform, not both."`
+	TransformFile    string      `yaml:"transform_file" doc:"A JavaScript file defining transform(doc, change), relative to the pillow file: a regular UTF-8 file of at most 4 MiB. Set this or transform, not both."`
 	TransformTimeout Duration    `yaml:"transform_timeout" doc:"Time limit of one transform call (default 1s); a call that runs longer fails its change."`
 	Batch            Batch       `yaml:"batch" doc:"When a batch is written: at size changes, or wait after its first change, whichever comes first."`
 	Sinks            []SinkBlock `yaml:"sinks" ptop:"required" doc:"Where records go: a list of one-key objects, each a sink type with its settings. At least one."`
@@ -44,7 +44,7 @@ type Config struct {
 	SkipDeletes bool `yaml:"skip_deletes" doc:"Drop deletions instead of deleting the document's records in every sink."`
 	// Workers is the number of goroutines running filter and transform;
 	// 0 means one per CPU.
-	Workers int `yaml:"workers" doc:"Goroutines running filter and transform in parallel, order kept; 0 (default) means one per CPU."`
+	Workers int `yaml:"workers" doc:"Goroutines running filter and transform in parallel, order kept; 0 (default) means one per CPU; at most 256."`
 	// MaxDocBytes fails documents larger than this (as the feed sends
 	// them) instead of processing them; 0 means no limit.
 	MaxDocBytes int `yaml:"max_doc_bytes" doc:"A larger document (as the feed sends it) is a failed change instead of being processed; 0 (default) means no limit."`
@@ -53,7 +53,7 @@ type Config struct {
 // Batch says when a batch is written: at Size changes or Wait after its
 // first change, whichever comes first.
 type Batch struct {
-	Size int      `yaml:"size" doc:"Changes per batch (default 500)."`
+	Size int      `yaml:"size" doc:"Changes per batch (default 500, at most 100000)."`
 	Wait Duration `yaml:"wait" doc:"Longest wait after a batch's first change before it is written (default 100ms)."`
 }
 

@@ -164,7 +164,7 @@ func seqString(raw json.RawMessage) string {
 
 // SinkConfig is `- file: …` in sinks.
 type SinkConfig struct {
-	Path string `yaml:"path" ptop:"required" doc:"The file records are appended to, one JSON line each; \"-\" for standard output."`
+	Path string `yaml:"path" ptop:"required" doc:"The file records are appended to, one JSON line each; \"-\" for standard output. Its directory is created when missing; no other file sink may write the same file."`
 	// Sync calls fsync after each batch, for durability across a crash of
 	// the machine, not just of ptop.
 	Sync bool `yaml:"sync" doc:"Call fsync after each batch, for durability across a crash of the machine, not just of ptop."`

@@ -22,12 +22,12 @@ type Config struct {
 	DSN string `yaml:"dsn" ptop:"required" doc:"Connection string: postgres://user:pass@host:5432/db?sslmode=disable, or key=value pairs."`
 	// Table is the table written, "name" or "schema.name", taken
 	// literally (case kept, quoted in SQL).
-	Table string `yaml:"table" ptop:"required" doc:"The table written: name or schema.name, taken literally (case kept)."`
+	Table string `yaml:"table" ptop:"required" doc:"The table written: name or schema.name, taken literally (case kept); the name at most 54 bytes (its rebuild is NAME__reindex), the schema at most 63."`
 	// Key is the column holding the record id; default "_id".
 	Key string `yaml:"key" doc:"The column holding the record id (default _id)."`
 	// Columns maps column names to SQL types: a record field with a
 	// column's name goes into that column.
-	Columns map[string]string `yaml:"columns" doc:"Column name to SQL type (text, integer, timestamptz, jsonb, text[] …): a record field with a column's name goes into that column."`
+	Columns map[string]string `yaml:"columns" doc:"Column name to SQL type (text, integer, timestamptz, jsonb, text[] …): a record field with a column's name goes into that column. Names at most 63 bytes."`
 	// Doc puts every other field of a record into a jsonb column "doc"
 	// (default true); false drops them.
 	Doc bool `yaml:"doc" doc:"Put every other field of a record into the jsonb column doc (default true); false drops them."`
