@@ -5,7 +5,9 @@
 //
 //	source: {file: {path: changes.jsonl}}
 //
-// It keeps no checkpoint and ends at the end of the file.
+// It keeps no checkpoint of its own and ends at the end of the file; a
+// pillow that keeps one elsewhere (checkpoint: {postgres: …}) resumes
+// after the row of the saved seq.
 //
 // The sink appends one JSON object per line, for debugging, demos and
 // tests, and flushes before it acknowledges a batch:
