@@ -17,6 +17,11 @@ import (
 )
 
 // Change is one row of a changes feed.
+//
+// A Change with only Seq set (no ID, no Err) is a position: the feed has
+// passed Seq with nothing to process since the last change sent, as when
+// the server filtered out the rest (a selector). The engine processes
+// nothing for it and checkpoints Seq once what came before is written.
 type Change struct {
 	// Seq is the feed's sequence id, opaque: an integer ("42", CouchDB 1.x
 	// and PouchDB) or a string ("42-g1AAAA…", CouchDB 2+), kept verbatim.
@@ -34,6 +39,9 @@ type Change struct {
 	// still counts as processed.
 	Err error
 }
+
+// IsPosition reports whether c is a position only (see Change).
+func (c *Change) IsPosition() bool { return c.ID == "" && c.Err == nil && c.Seq != "" }
 
 // Record is one write to a sink: an index of a record the transform
 // returned, or a delete of a deleted document's records.
@@ -224,7 +232,7 @@ type LogErrorStore struct{ Log *slog.Logger }
 
 // Record logs f.
 func (s LogErrorStore) Record(_ context.Context, f Failure, _ func(int) time.Duration) (ErrorEntry, error) {
-	s.Log.Error("change failed", "id", f.Change.ID, "seq", f.Change.Seq, "stage", f.Stage, "error", f.Err)
+	s.Log.Error("change failed", ClipAttr("id", f.Change.ID), "seq", f.Change.Seq, "stage", f.Stage, slog.String("error", ClipWords(f.Err.Error())))
 	return ErrorEntry{Pillow: f.Pillow, DocID: f.Change.ID, Attempts: 1, Error: f.Err.Error()}, nil
 }
 

@@ -39,7 +39,7 @@ func BenchmarkProcess(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			tr, err := compileTransform("bench.js", scriptLoc{}, benchTransform, time.Second)
+			tr, err := compileTransform("bench.js", scriptLoc{}, benchTransform, time.Second, false)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -3,13 +3,16 @@ package engine
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -24,7 +27,7 @@ type Config struct {
 	Filter string `yaml:"filter" ptop:"raw" doc:"An expr-lang expression over the change (id, seq, rev, deleted, doc) that must be boolean; changes for which it is false are dropped. An unknown name is a load error."`
 	// Transform is JavaScript defining function transform(doc, change).
 	Transform        string      `yaml:"transform" ptop:"raw" doc:"JavaScript defining function transform(doc, change), returning a record, an array of records or null. Set this or transform_file, not both."`
-	TransformFile    string      `yaml:"transform_file" doc:"A JavaScript file defining transform(doc, change), relative to the pillow file. Set this or transform, not both."`
+	TransformFile    string      `yaml:"transform_file" doc:"A JavaScript file defining transform(doc, change), relative to the pillow file: a regular UTF-8 file of at most 4 MiB. Set this or transform, not both."`
 	TransformTimeout Duration    `yaml:"transform_timeout" doc:"Time limit of one transform call (default 1s); a call that runs longer fails its change."`
 	Batch            Batch       `yaml:"batch" doc:"When a batch is written: at size changes, or wait after its first change, whichever comes first."`
 	Sinks            []SinkBlock `yaml:"sinks" ptop:"required" doc:"Where records go: a list of one-key objects, each a sink type with its settings. At least one."`
@@ -41,7 +44,7 @@ type Config struct {
 	SkipDeletes bool `yaml:"skip_deletes" doc:"Drop deletions instead of deleting the document's records in every sink."`
 	// Workers is the number of goroutines running filter and transform;
 	// 0 means one per CPU.
-	Workers int `yaml:"workers" doc:"Goroutines running filter and transform in parallel, order kept; 0 (default) means one per CPU."`
+	Workers int `yaml:"workers" doc:"Goroutines running filter and transform in parallel, order kept; 0 (default) means one per CPU; at most 256."`
 	// MaxDocBytes fails documents larger than this (as the feed sends
 	// them) instead of processing them; 0 means no limit.
 	MaxDocBytes int `yaml:"max_doc_bytes" doc:"A larger document (as the feed sends it) is a failed change instead of being processed; 0 (default) means no limit."`
@@ -50,14 +53,25 @@ type Config struct {
 // Batch says when a batch is written: at Size changes or Wait after its
 // first change, whichever comes first.
 type Batch struct {
-	Size int      `yaml:"size" doc:"Changes per batch (default 500)."`
+	Size int      `yaml:"size" doc:"Changes per batch (default 500, at most 100000)."`
 	Wait Duration `yaml:"wait" doc:"Longest wait after a batch's first change before it is written (default 100ms)."`
 }
+
+// MaxBatchSize and MaxWorkers bound batch.size and workers: a batch's
+// changes are buffered ahead, and each worker holds a JavaScript runtime,
+// so larger values only cost memory.
+const (
+	MaxBatchSize = 100000
+	MaxWorkers   = 256
+)
 
 // Validate implements Validator.
 func (b *Batch) Validate(ch *Check) {
 	if b.Size <= 0 && ch.Has("size") {
 		ch.Errorf("size", "batch size must be positive, got %d", b.Size)
+	}
+	if b.Size > MaxBatchSize {
+		ch.Errorf("size", "batch size must be at most %d, got %d", MaxBatchSize, b.Size)
 	}
 	if b.Wait <= 0 && ch.Has("wait") {
 		ch.Errorf("wait", "batch wait must be positive, got %s", b.Wait)
@@ -121,6 +135,9 @@ func (c *Config) Validate(ch *Check) {
 	}
 	if c.Workers < 0 {
 		ch.Errorf("workers", "workers must be 0 (one per CPU) or more, got %d", c.Workers)
+	}
+	if c.Workers > MaxWorkers {
+		ch.Errorf("workers", "workers must be at most %d, got %d", MaxWorkers, c.Workers)
 	}
 	if c.MaxDocBytes < 0 {
 		ch.Errorf("max_doc_bytes", "max_doc_bytes must be 0 (no limit) or more, got %d", c.MaxDocBytes)
@@ -200,6 +217,7 @@ type Spec struct {
 	filter    *filter
 	transform *Transform
 	namePos   Pos
+	claims    []claim // destinations its sinks write (see Check.Claim)
 }
 
 // Src is the pillow's source.
@@ -233,6 +251,38 @@ func IsPillowFile(name string) bool {
 // touches no network. Every problem in every file is reported, as Errors.
 func Load(paths ...string) ([]*Spec, error) {
 	return LoadWith(LoadOptions{}, paths...)
+}
+
+// MaxTransformFileBytes is the largest transform_file read.
+const MaxTransformFileBytes = 4 << 20
+
+// readTransformFile reads a transform file: a regular file (not a device
+// or a pipe, which could be endless) of valid UTF-8, at most
+// MaxTransformFileBytes. Its errors never quote its content.
+func readTransformFile(file string) ([]byte, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, errors.New("not a regular file")
+	}
+	b, err := io.ReadAll(io.LimitReader(f, MaxTransformFileBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxTransformFileBytes {
+		return nil, fmt.Errorf("larger than %d MiB", MaxTransformFileBytes>>20)
+	}
+	if !utf8.Valid(b) {
+		return nil, errors.New("not UTF-8 text; a transform file is JavaScript")
+	}
+	return b, nil
 }
 
 func unwrapPathErr(err error) error {
@@ -284,6 +334,7 @@ func parseYAML(path string, data []byte, what string) (*yaml.Node, error) {
 			fmt.Sscan(m[1], &pos.Line)
 			pos.Col = 1
 			msg = m[2]
+			pos.Line, pos.Col = yamlErrorPos(data, pos.Line, msg)
 		}
 		errs.Add(pos, "invalid YAML: %s", strings.TrimPrefix(msg, "yaml: "))
 		return nil, errs.Err()
@@ -292,7 +343,139 @@ func parseYAML(path string, data []byte, what string) (*yaml.Node, error) {
 		errs.Add(Pos{File: path, Line: 1, Col: 1}, "empty %s", what)
 		return nil, errs.Err()
 	}
+	w := aliasWalk{file: path}
+	if err := w.walk(root.Content[0], 0, nil); err != nil {
+		return nil, err
+	}
 	return root.Content[0], nil
+}
+
+// yamlErrorPos places a syntax error that yaml.v3 reports at "line n".
+// Its scanner counts lines from 1, but its parser from 0, and for an
+// unclosed flow collection or a block mapping it names the line where
+// that started: the bracket that is never closed, the mapping's first
+// key. The column is that bracket's, or the line's first character.
+func yamlErrorPos(data []byte, n int, msg string) (line, col int) {
+	var open byte
+	switch msg {
+	case "did not find expected ',' or ']'":
+		open = '['
+	case "did not find expected ',' or '}'":
+		open = '{'
+	case "did not find expected key", "did not find expected '-' indicator", "did not find expected node content",
+		"did not find expected <document start>", "found undefined tag handle", "found duplicate %YAML directive",
+		"found incompatible YAML document", "found duplicate %TAG directive":
+	default:
+		return n, 1 // a scanner error
+	}
+	line = n + 1
+	lines := strings.Split(string(data), "\n")
+	last := len(lines)
+	for last > 1 && strings.TrimSpace(lines[last-1]) == "" {
+		last--
+	}
+	if line > last {
+		// At the end of the file: the last line is what is unfinished.
+		line = last
+		text := lines[line-1]
+		for _, b := range []byte{'[', '{'} {
+			if i := unclosed(text, b); i >= 0 {
+				return line, i + 1
+			}
+		}
+		return line, len(text) + 1
+	}
+	text := lines[line-1]
+	col = len(text) - len(strings.TrimLeft(text, " ")) + 1
+	if open != 0 {
+		if i := unclosed(text, open); i >= 0 {
+			col = i + 1
+		}
+	}
+	return line, col
+}
+
+// unclosed returns the index of the first bracket open (the '[' or '{')
+// of text that text does not close, or -1; quoted strings and comments
+// are skipped.
+func unclosed(text string, open byte) int {
+	var stack []int
+	for i := 0; i < len(text); i++ {
+		switch c := text[i]; c {
+		case '"', '\'':
+			j := i + 1
+			for j < len(text) && text[j] != c {
+				if c == '"' && text[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			i = j
+		case '#':
+			if i == 0 || text[i-1] == ' ' {
+				i = len(text)
+			}
+		case '[', '{':
+			stack = append(stack, i)
+		case ']', '}':
+			if len(stack) > 0 {
+				stack = stack[:len(stack)-1]
+			}
+		}
+	}
+	for _, i := range stack {
+		if text[i] == open {
+			return i
+		}
+	}
+	return -1
+}
+
+// Bounds of YAML alias expansion: a few hundred bytes of nested aliases
+// (a "billion laughs") would expand into millions of values when decoded.
+const (
+	MaxAliasDepth = 10     // aliases inside the value of an alias, nested
+	MaxAliases    = 1000   // aliases followed in one file, expanded
+	MaxValues     = 100000 // values in one file, aliases expanded
+)
+
+// aliasWalk counts what a document expands to, stopping at the first
+// bound passed: it takes at most MaxValues steps.
+type aliasWalk struct {
+	file            string
+	aliases, values int
+}
+
+// walk counts n and what it holds; outer is the outermost alias being
+// expanded (where a problem is reported: the alias written in the
+// document), depth how many are nested.
+func (w *aliasWalk) walk(n *yaml.Node, depth int, outer *yaml.Node) error {
+	at := n
+	if outer != nil {
+		at = outer
+	}
+	w.values++
+	if w.values > MaxValues {
+		return &Error{Pos: NodePos(w.file, at), Msg: fmt.Sprintf("the file expands to more than %d values through YAML aliases", MaxValues)}
+	}
+	if n.Kind == yaml.AliasNode {
+		w.aliases++
+		switch {
+		case w.aliases > MaxAliases:
+			return &Error{Pos: NodePos(w.file, at), Msg: fmt.Sprintf("more than %d YAML aliases, expanded", MaxAliases)}
+		case depth >= MaxAliasDepth:
+			return &Error{Pos: NodePos(w.file, at), Msg: fmt.Sprintf("YAML aliases nested more than %d deep", MaxAliasDepth)}
+		case n.Alias == nil:
+			return nil
+		}
+		return w.walk(n.Alias, depth+1, at)
+	}
+	for _, c := range n.Content {
+		if err := w.walk(c, depth, outer); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func parse(path string, data []byte, po parseOptions) (*Spec, error) {
@@ -313,6 +496,8 @@ func parse(path string, data []byte, po parseOptions) (*Spec, error) {
 	unsetBefore := d.unsetCount()
 	s := &Spec{File: path}
 	d.decode(doc, reflectValue(&s.Config), true)
+	s.claims = d.claims
+	checkClaims(&errs, s.claims)
 	keys := map[string]*yaml.Node{}
 	for i := 0; i+1 < len(doc.Content); i += 2 {
 		keys[doc.Content[i].Value] = doc.Content[i+1]
@@ -331,7 +516,7 @@ func parse(path string, data []byte, po parseOptions) (*Spec, error) {
 	}
 	if n := keys["transform"]; n != nil && s.Transform != "" {
 		loc := locateScript(data, n)
-		t, err := compileTransform(path, loc, loc.pad(s.Transform), s.TransformTimeout.D())
+		t, err := compileTransform(path, loc, loc.pad(s.Transform), s.TransformTimeout.D(), false)
 		if err != nil {
 			errs.Append(NodePos(path, n), scriptError(path, loc, err, true))
 		}
@@ -341,12 +526,12 @@ func parse(path string, data []byte, po parseOptions) (*Spec, error) {
 		if !filepath.IsAbs(file) {
 			file = filepath.Join(dir, file)
 		}
-		b, err := os.ReadFile(file)
+		b, err := readTransformFile(file)
 		if err != nil {
 			errs.Add(NodePos(path, keys["transform_file"]), "transform_file %q: %v", s.TransformFile, unwrapPathErr(err))
 		} else {
 			h.Write(b)
-			t, err := compileTransform(file, scriptLoc{}, string(b), s.TransformTimeout.D())
+			t, err := compileTransform(file, scriptLoc{}, string(b), s.TransformTimeout.D(), true)
 			if err != nil {
 				errs.Append(Pos{File: file}, scriptError(file, scriptLoc{}, err, false))
 			}

@@ -39,6 +39,43 @@ type Check struct {
 	keys map[string]*yaml.Node
 	bad  map[string]bool // keys whose value was already reported
 	errs *Errors
+	// claims collects the destinations claimed in the file (see Claim).
+	claims *[]claim
+}
+
+// claim is a destination that one sink alone may write.
+type claim struct {
+	what, key string // "file path", "/data/out.jsonl"
+	pos       Pos
+}
+
+// Claim records that the value of field names a destination that no
+// other sink, of this pillow or of another one loaded with it, may write:
+// what says what it is ("file path") and key identifies it (an absolute
+// path). Two claims of one key are load errors at both places.
+func (c *Check) Claim(field, what, key string) {
+	if c.claims != nil {
+		*c.claims = append(*c.claims, claim{what: what, key: key, pos: c.Pos(field)})
+	}
+}
+
+// clash reports two claims of one destination, at both.
+func clash(errs *Errors, first, again claim) {
+	errs.Add(again.pos, "%s %q is already written at %s", again.what, again.key, first.pos)
+	errs.Add(first.pos, "%s %q is written again at %s", first.what, first.key, again.pos)
+}
+
+// checkClaims reports the claims of one destination made twice in list.
+func checkClaims(errs *Errors, list []claim) {
+	first := map[string]claim{}
+	for _, c := range list {
+		k := c.what + "\x00" + c.key
+		if f, dup := first[k]; dup {
+			clash(errs, f, c)
+			continue
+		}
+		first[k] = c
+	}
 }
 
 // Errorf records a problem with key's value (or with the whole mapping when
@@ -89,6 +126,7 @@ var _ component.Check = (*Check)(nil)
 type decoder struct {
 	file   string
 	errs   *Errors
+	claims []claim
 	lookup func(string) (string, bool)
 	// unset, when not nil, collects unset environment variables as
 	// warnings instead of errors; the value they are in is left as if its
@@ -253,7 +291,9 @@ func (d *decoder) decodeScalar(n *yaml.Node, v reflect.Value, expand bool) {
 		return
 	}
 	p := reflect.New(v.Type())
-	if isNull(n) || n.Decode(p.Interface()) != nil {
+	// yaml.v3 would truncate 1.9 into an integer field: only integers go there.
+	isInt := kindName(v.Kind()) == "an integer"
+	if isNull(n) || (isInt && n.ShortTag() != "!!int") || n.Decode(p.Interface()) != nil {
 		d.errorf(n, "expected %s, got %s", kindName(v.Kind()), describe(n))
 		return
 	}
@@ -381,7 +421,7 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, expand bool) {
 		df.SetDefaults()
 	}
 	fields := structFields(v.Type())
-	check := &Check{file: d.file, node: n, keys: map[string]*yaml.Node{}, bad: map[string]bool{}, errs: d.errs}
+	check := &Check{file: d.file, node: n, keys: map[string]*yaml.Node{}, bad: map[string]bool{}, errs: d.errs, claims: &d.claims}
 	switch {
 	case isNull(n):
 	case n.Kind != yaml.MappingNode:

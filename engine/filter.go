@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/expr-lang/expr"
 	"github.com/expr-lang/expr/file"
@@ -69,6 +70,45 @@ func (r *filterRunner) match(c *Change) (bool, error) {
 type scriptLoc struct {
 	lines, col int
 	firstOnly  bool
+	// folded, for a folded block scalar (>, >-), places the start of each
+	// written line in the value, where the lines are joined by spaces:
+	// value is the script's text.
+	folded []foldedLine
+	value  string
+}
+
+// foldedLine is a line of a folded scalar: it starts at byte off of the
+// value, and at line, col of the file.
+type foldedLine struct{ off, line, col int }
+
+// foldLines maps the lines of a folded block scalar whose first line is
+// the file's line first+1 and whose indentation is indent, or returns nil
+// when the value is not those lines joined plainly (blank or
+// more-indented lines).
+func foldLines(lines []string, first, indent int, value string) []foldedLine {
+	var b strings.Builder
+	var out []foldedLine
+	for i := first; i < len(lines); i++ {
+		t := strings.TrimRight(lines[i], "\r")
+		if strings.TrimSpace(t) == "" {
+			if len(out) > 0 {
+				break // a blank line: kept as a newline; not mapped
+			}
+			continue
+		}
+		if len(t)-len(strings.TrimLeft(t, " ")) != indent {
+			break
+		}
+		if len(out) > 0 {
+			b.WriteByte(' ')
+		}
+		out = append(out, foldedLine{off: b.Len(), line: i + 1, col: indent + 1})
+		b.WriteString(t[indent:])
+	}
+	if b.String() != strings.TrimRight(value, "\n") {
+		return nil
+	}
+	return out
 }
 
 func locateScript(data []byte, n *yaml.Node) scriptLoc {
@@ -83,7 +123,11 @@ func locateScript(data []byte, n *yaml.Node) scriptLoc {
 				break
 			}
 		}
-		return scriptLoc{lines: n.Line, col: indent}
+		loc := scriptLoc{lines: n.Line, col: indent}
+		if n.Style == yaml.FoldedStyle {
+			loc.folded, loc.value = foldLines(lines, n.Line, indent, n.Value), n.Value
+		}
+		return loc
 	case yaml.DoubleQuotedStyle, yaml.SingleQuotedStyle:
 		return scriptLoc{lines: n.Line - 1, col: n.Column, firstOnly: true}
 	}
@@ -93,6 +137,21 @@ func locateScript(data []byte, n *yaml.Node) scriptLoc {
 // pos maps a script position to the file. A script compiled with its
 // lines padded (see pad) already counts the file's lines.
 func (l scriptLoc) pos(file string, line, col int, padded bool) Pos {
+	if len(l.folded) > 0 && !padded && line == 1 {
+		// One line of script, several of the file: find the one col is on.
+		off := 0 // col counts characters
+		for n := 0; off < len(l.value) && n < col-1; n++ {
+			_, size := utf8.DecodeRuneInString(l.value[off:])
+			off += size
+		}
+		fl := l.folded[0]
+		for _, f := range l.folded {
+			if f.off <= off {
+				fl = f
+			}
+		}
+		return Pos{File: file, Line: fl.line, Col: fl.col + utf8.RuneCountInString(l.value[fl.off:off])}
+	}
 	scriptLine := line
 	if padded {
 		scriptLine = line - l.lines

@@ -114,6 +114,43 @@ func TestLoadTransformFile(t *testing.T) {
 	}
 }
 
+// TestLoadTransformFileSafety: a transform_file must be a regular UTF-8
+// file of at most 4 MiB, and errors about a file that is not JavaScript
+// quote none of its content (it may be a secret named by mistake).
+func TestLoadTransformFileSafety(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "p.yaml", "name: p\nsource: {file: {path: x}}\ntransform_file: t.js\nsinks: [{file: {path: y}}]\n")
+	tjs := filepath.Join(dir, "t.js")
+	for _, tt := range []struct {
+		name, content, want string
+	}{
+		{"secret word", "sk_live_51HxYzSECRET\n", tjs + ": transform: the script failed when loaded: a ReferenceError (at " + tjs + ":1:1)"},
+		{"secret call", "sk_live_51HxYzSECRET(1)\n", tjs + ": transform: the script failed when loaded: a ReferenceError (at " + tjs + ":1:21)"},
+		{"secret pair", "API_KEY=sk_live_51HxYzSECRET\nOTHER='x'\n", tjs + ": transform: the script failed when loaded: a ReferenceError (at " + tjs + ":1:9)"},
+		{"declared twice", "const sk_live_51HxYzSECRET = 1; const sk_live_51HxYzSECRET = 2;\n", tjs + ":1:39: transform: syntax error (the file is not valid JavaScript here)"},
+		{"not UTF-8", "\xff\xfe secret", p + ":3:17: transform_file \"t.js\": not UTF-8 text; a transform file is JavaScript"},
+		{"too large", "//" + strings.Repeat("x", 4<<20) + "\n", p + ":3:17: transform_file \"t.js\": larger than 4 MiB"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			writeFile(t, dir, "t.js", tt.content)
+			_, err := engine.Load(p)
+			if err == nil || err.Error() != tt.want {
+				t.Fatalf("got  %v\nwant %s", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "sk_live") || strings.Contains(err.Error(), "secret") {
+				t.Fatalf("the error quotes the file: %v", err)
+			}
+		})
+	}
+	t.Run("a device", func(t *testing.T) {
+		q := writeFile(t, dir, "q.yaml", "name: q\nsource: {file: {path: x}}\ntransform_file: /dev/zero\nsinks: [{file: {path: y}}]\n")
+		_, err := engine.Load(q)
+		if want := q + ":3:17: transform_file \"/dev/zero\": not a regular file"; err == nil || err.Error() != want {
+			t.Fatalf("got  %v\nwant %s", err, want)
+		}
+	})
+}
+
 func TestLoadEnvExpansion(t *testing.T) {
 	t.Setenv("PTOP_TEST_PATH", "/data/in.jsonl")
 	t.Setenv("PTOP_TEST_SIZE", "7")
@@ -142,5 +179,21 @@ sinks: [{file: {path: "$${literal}"}}]
 	}
 	if !strings.Contains(s.Filter, "${NOT_EXPANDED}") || !strings.Contains(s.Transform, "${doc.x}") {
 		t.Errorf("filter and transform must not be expanded: %q %q", s.Filter, s.Transform)
+	}
+}
+
+// Two pillows whose file sinks write one file (named alike or not) are
+// reported at both places.
+func TestLoadFileSinkPathClaimedTwice(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out.jsonl")
+	a := writeFile(t, dir, "a.yaml", "name: a\nsource: {file: {path: x}}\nsinks: [{file: {path: "+out+"}}]\n")
+	b := writeFile(t, dir, "b.yaml", "name: b\nsource: {file: {path: x}}\nsinks:\n  - file: {path: "+dir+"/./out.jsonl}\n")
+	writeFile(t, dir, "c.yaml", "name: c\nsource: {file: {path: x}}\nsinks: [{file: {path: "+filepath.Join(dir, "other.jsonl")+"}}]\n")
+	_, err := engine.Load(dir)
+	want := a + `:3:23: file path "` + out + `" is written again at ` + b + ":4:18\n" +
+		b + `:4:18: file path "` + out + `" is already written at ` + a + ":3:23"
+	if err == nil || err.Error() != want {
+		t.Fatalf("got\n%v\nwant\n%s", err, want)
 	}
 }

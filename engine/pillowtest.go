@@ -76,6 +76,21 @@ func LoadWith(opts LoadOptions, paths ...string) ([]*Spec, error) {
 		byName[s.Name] = s
 		specs = append(specs, s)
 	}
+	// A destination claimed by two pillows (claims within one are
+	// checked when it is parsed).
+	first := map[string]claim{}
+	for _, s := range specs {
+		mine := map[string]bool{}
+		for _, c := range s.claims {
+			k := c.what + "\x00" + c.key
+			if f, dup := first[k]; dup && !mine[k] {
+				clash(&errs, f, c)
+			} else if !dup {
+				first[k] = c
+			}
+			mine[k] = true
+		}
+	}
 	if err := errs.Err(); err != nil {
 		return nil, err
 	}

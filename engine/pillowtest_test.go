@@ -256,7 +256,7 @@ sinks: [{file: {path: "${PTOP_TEST_UNSET_OUT}/a.jsonl"}}]
 	}
 
 	// Every other problem is still reported.
-	putFile(t, dir, "c.yaml", "name: c\nsource: {file: {path: \"${PTOP_TEST_UNSET_IN}\"}}\nbatchh: {}\nsinks: [{file: {path: y}}]\n")
+	putFile(t, dir, "c.yaml", "name: c\nsource: {file: {path: \"${PTOP_TEST_UNSET_IN}\"}}\nbatchh: {}\nsinks: [{file: {path: z}}]\n")
 	_, err = engine.LoadWith(engine.LoadOptions{AllowUnsetEnv: true}, dir)
 	if want := filepath.Join(dir, "c.yaml") + `:3:1: unknown key "batchh" (did you mean "batch"?)`; err == nil || err.Error() != want {
 		t.Fatalf("got %v, want %s", err, want)
@@ -290,7 +290,7 @@ func TestDecodeFile(t *testing.T) {
 		t.Errorf("got %v\nwant %s", err, wantErr)
 	}
 	p = putFile(t, dir, "syntax.yaml", "name: [\n")
-	if err := engine.DecodeFile(p, &decodeTarget{}); err == nil || !strings.HasPrefix(err.Error(), p+":1:1: invalid YAML") {
+	if err := engine.DecodeFile(p, &decodeTarget{}); err == nil || err.Error() != p+":1:7: invalid YAML: did not find expected node content" {
 		t.Errorf("syntax error: %v", err)
 	}
 	if err := engine.DecodeFile(filepath.Join(dir, "missing.yaml"), &decodeTarget{}); err == nil || !strings.Contains(err.Error(), "no such file") {

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"log/slog"
 	"time"
 )
 
@@ -39,9 +40,9 @@ func (p *Pillow) recordFailure(ctx context.Context, f Failure) error {
 			p.failed[f.Change.ID] = true
 			p.errCount.Store(int64(len(p.failed)))
 			if e.NextAttempt.IsZero() {
-				p.log.Error("change failed; giving up after the last attempt", "id", f.Change.ID, "attempts", e.Attempts, "stage", f.Stage, "error", f.Err)
+				p.log.Error("change failed; giving up after the last attempt", ClipAttr("id", f.Change.ID), "attempts", e.Attempts, "stage", f.Stage, slog.String("error", ClipWords(f.Err.Error())))
 			} else {
-				p.log.Warn("change failed; stored for a retry", "id", f.Change.ID, "attempts", e.Attempts, "next_attempt", e.NextAttempt.Format(time.RFC3339), "stage", f.Stage, "error", f.Err)
+				p.log.Warn("change failed; stored for a retry", ClipAttr("id", f.Change.ID), "attempts", e.Attempts, "next_attempt", e.NextAttempt.Format(time.RFC3339), "stage", f.Stage, slog.String("error", ClipWords(f.Err.Error())))
 			}
 		}
 		return nil
@@ -69,7 +70,7 @@ func (p *Pillow) clearSucceeded(ctx context.Context, b *batch) error {
 		}
 		delete(p.failed, c.ID)
 		p.errCount.Store(int64(len(p.failed)))
-		p.log.Info("failed change now processed; error cleared", "id", c.ID)
+		p.log.Info("failed change now processed; error cleared", ClipAttr("id", c.ID))
 	}
 	return nil
 }
@@ -83,6 +84,10 @@ func (p *Pillow) retrier(ctx context.Context, out chan<- []Change) {
 	tick := time.NewTicker(p.Spec.Errors.Poll.D())
 	defer tick.Stop()
 	for {
+		// A retry in flight when the list is read may have been recorded
+		// after the store answered: its entry may still look due.
+		inFlight := map[string]bool{}
+		p.retrying.Range(func(k, _ any) bool { inFlight[k.(string)] = true; return true })
 		entries, err := p.errs.List(ctx, p.Spec.Name)
 		if err != nil && ctx.Err() == nil {
 			p.log.Warn("reading the error store for retries", "error", err)
@@ -94,6 +99,9 @@ func (p *Pillow) retrier(ctx context.Context, out chan<- []Change) {
 		for _, e := range entries {
 			if e.DocID == "" {
 				continue // an unreadable row: there is no document to read again
+			}
+			if _, busy := p.retrying.Load(e.DocID); busy || inFlight[e.DocID] {
+				continue // its last retry is still being processed
 			}
 			switch {
 			case e.Hash != p.Spec.Hash && !tried[e.DocID]:
@@ -110,7 +118,7 @@ func (p *Pillow) retrier(ctx context.Context, out chan<- []Change) {
 			for _, id := range due[:n] {
 				c, err := p.reader.ReadDoc(ctx, id)
 				if err != nil {
-					p.log.Warn("reading a document to retry it", "id", id, "error", err)
+					p.log.Warn("reading a document to retry it", ClipAttr("id", id), "error", err)
 					continue
 				}
 				cs = append(cs, c)
@@ -118,6 +126,9 @@ func (p *Pillow) retrier(ctx context.Context, out chan<- []Change) {
 			due = due[n:]
 			if len(cs) == 0 {
 				continue
+			}
+			for _, c := range cs {
+				p.retrying.Store(c.ID, true)
 			}
 			select {
 			case out <- cs:

@@ -68,6 +68,10 @@ type Pillow struct {
 	// down holds, by sink name, the error of a sink that is failing whole
 	// batches: the pillow is unhealthy until it recovers.
 	down sync.Map
+	// retrying holds the ids of documents the retrier has sent and whose
+	// batch is not yet written: they are not sent again meanwhile, so an
+	// entry never gets more than max_attempts attempts.
+	retrying sync.Map
 	// errCount is the size of the pillow's error store, as last known.
 	errCount atomic.Int64
 	// startTime and checkpointTime are Unix nanoseconds.
@@ -254,6 +258,9 @@ func (p *Pillow) Run(ctx context.Context) error {
 			continue
 		}
 		if b.retry {
+			for _, c := range b.changes {
+				p.retrying.Delete(c.ID)
+			}
 			continue
 		}
 		if b.lastSeq == "" || p.cps == nil {
@@ -332,6 +339,10 @@ func (p *Pillow) batcher(in <-chan Change, retries <-chan []Change, out chan<- *
 			if cur == nil {
 				cur = &batch{changes: make([]Change, 0, size)}
 				timer.Reset(wait)
+			}
+			if c.IsPosition() {
+				cur.lastSeq = c.Seq // nothing to process: only a checkpoint
+				continue
 			}
 			cur.changes = append(cur.changes, c)
 			if c.Seq != "" {
@@ -465,6 +476,12 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 		}
 		if s.MaxDocBytes > 0 && len(c.RawDoc) > s.MaxDocBytes {
 			fail(c, "decode", fmt.Errorf("the document is %d bytes, more than max_doc_bytes (%d)", len(c.RawDoc), s.MaxDocBytes))
+			continue
+		}
+		if c.Doc == nil && c.RawDoc == nil {
+			// A feed read without include_docs, or a row whose doc the
+			// server left out: there is nothing to filter or write.
+			fail(c, "source", errors.New("the change has no document (the feed row has no doc)"))
 			continue
 		}
 		if c.Doc == nil && c.RawDoc != nil {

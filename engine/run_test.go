@@ -193,7 +193,7 @@ func testSpec(t *testing.T, filterSrc, transformSrc string, src Source, sinks ..
 		s.filter = f
 	}
 	if transformSrc != "" {
-		tr, err := compileTransform("test.js", scriptLoc{}, transformSrc, s.TransformTimeout.D())
+		tr, err := compileTransform("test.js", scriptLoc{}, transformSrc, s.TransformTimeout.D(), false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -714,5 +714,96 @@ func TestSequenceRewindCounted(t *testing.T) {
 	runToEnd(t, testSpec(t, "", "", src, &memSink{}), RunOptions{Metrics: m})
 	if got := testutil.ToFloat64(m.rewinds.WithLabelValues("test")); got != 1 {
 		t.Fatalf("rewinds = %v, want 1 (6 → 3)", got)
+	}
+}
+
+// A change row without its document (a feed read without include_docs) is
+// a failed change, not a record of null.
+func TestChangeWithoutDocFails(t *testing.T) {
+	sink := &memSink{}
+	errs := &memErrors{}
+	cps := &memCheckpoints{}
+	s := testSpec(t, "", "", feed(doc("a"), Change{ID: "b", Rev: "1-b"}, Change{ID: "c", Rev: "2-c", Deleted: true}), sink)
+	runToEnd(t, s, RunOptions{Errors: errs, Checkpoints: cps})
+	if ids := errs.ids(); !reflect.DeepEqual(ids, []string{"b:source"}) {
+		t.Fatalf("failures = %v", ids)
+	}
+	if e := errs.entries["b"]; e.Error != "the change has no document (the feed row has no doc)" {
+		t.Fatalf("error = %q", e.Error)
+	}
+	var got []string
+	for _, r := range sink.records() {
+		got = append(got, fmt.Sprintf("%s:%v:%v", r.ID, r.Delete, r.Doc != nil))
+	}
+	if !reflect.DeepEqual(got, []string{"a:false:true", "c:true:false"}) {
+		t.Fatalf("records = %v", got)
+	}
+	if cps.get() != "3" {
+		t.Fatalf("checkpoint = %q, want 3", cps.get())
+	}
+}
+
+// An entry is not retried again while its previous retry is still being
+// processed: with a slow sink and a fast poll, it still gets exactly
+// max_attempts attempts.
+func TestRetriesNeverExceedMaxAttempts(t *testing.T) {
+	src := &readerSource{chanSource: chanSource{in: make(chan Change, 4)}, docs: map[string]map[string]any{}}
+	sink := &memSink{reject: func(r Record) error {
+		if r.ID == "x" {
+			time.Sleep(20 * time.Millisecond) // a slow server: many polls pass meanwhile
+			return errors.New("rejected")
+		}
+		return nil
+	}}
+	errs := &memErrors{}
+	s := testSpec(t, "", "", src, sink)
+	s.Errors = RetryPolicy{MaxAttempts: 3, Backoff: Duration(time.Millisecond), MaxBackoff: Duration(time.Millisecond), Poll: Duration(time.Millisecond)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- NewPillow(s, RunOptions{Log: quietLog(), Errors: errs}).Run(ctx) }()
+	src.set("x", map[string]any{"_id": "x"})
+	c := doc("x")
+	c.Seq = "1"
+	src.in <- c
+	waitFor(t, "the entry to be given up", func() bool {
+		e, _ := errs.List(ctx, "test")
+		return len(e) == 1 && e[0].NextAttempt.IsZero()
+	})
+	// Stopping drains whatever is still in flight: extra attempts, if
+	// any were sent, are recorded before Run returns.
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := len(errs.ids()); n != 3 {
+		t.Fatalf("%d attempts recorded, want max_attempts 3: %v", n, errs.ids())
+	}
+	if e, _ := errs.List(context.Background(), "test"); e[0].Attempts != 3 {
+		t.Fatalf("entry: %+v", e[0])
+	}
+}
+
+// A position (a change with only Seq: the server filtered out the rest of
+// the feed) is checkpointed and nothing is processed for it, also alone
+// in a batch.
+func TestPositionOnlyChangeCheckpoints(t *testing.T) {
+	sink := &memSink{}
+	cps := &memCheckpoints{}
+	errs := &memErrors{}
+	c := doc("a")
+	c.Seq = "1"
+	s := testSpec(t, "", "", feed(c, Change{Seq: "7"}), sink)
+	s.Batch.Size = 1
+	p := NewPillow(s, RunOptions{Log: quietLog(), Checkpoints: cps, Errors: errs})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := sink.records(); len(got) != 1 || got[0].ID != "a" {
+		t.Fatalf("records = %+v", got)
+	}
+	if cps.get() != "7" || len(errs.ids()) != 0 || p.Stats.Seen.Load() != 1 {
+		t.Fatalf("checkpoint %q, failures %v, seen %d", cps.get(), errs.ids(), p.Stats.Seen.Load())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/dop251/goja"
@@ -20,6 +21,9 @@ type Transform struct {
 	prog    *goja.Program
 	consts  []string // top-level const and class names, frozen after load
 	timeout time.Duration
+	// quiet: the script comes from a file that may not be JavaScript at
+	// all (a secret named by mistake), so load errors quote none of it.
+	quiet bool
 }
 
 // The sandbox has only the language's built-ins: no require, no file,
@@ -44,17 +48,29 @@ const freezeJS = `(function () {
 // compileTransform parses and compiles src, written in file at loc (and
 // padded to the file's lines), runs it once in a scratch runtime and checks
 // that it defines transform().
-func compileTransform(file string, loc scriptLoc, src string, timeout time.Duration) (*Transform, error) {
+//
+// With quiet (a transform_file), load errors give their position and kind
+// but no text of the script: a file that is not JavaScript would have its
+// first word echoed ("ReferenceError: sk_live_… is not defined").
+func compileTransform(file string, loc scriptLoc, src string, timeout time.Duration, quiet bool) (*Transform, error) {
 	prg, err := parser.ParseFile(nil, file, src, 0)
 	if err != nil {
 		var el parser.ErrorList
 		if errors.As(err, &el) && len(el) > 0 {
 			e := el[0]
-			return nil, &scriptErr{Line: e.Position.Line, Col: e.Position.Column, Msg: "transform: " + e.Message}
+			e.Position.Line, e.Position.Column = unexpectedAt(src, e.Position.Line, e.Position.Column, e.Message)
+			msg := e.Message
+			if quiet && !safeParseMessage(msg) {
+				msg = "syntax error (the file is not valid JavaScript here)"
+			}
+			return nil, &scriptErr{Line: e.Position.Line, Col: e.Position.Column, Msg: "transform: " + msg}
+		}
+		if quiet {
+			return nil, &scriptErr{Line: 1, Col: 1, Msg: "transform: the file is not valid JavaScript"}
 		}
 		return nil, &scriptErr{Line: 1, Col: 1, Msg: "transform: " + err.Error()}
 	}
-	t := &Transform{file: file, loc: loc, timeout: timeout}
+	t := &Transform{file: file, loc: loc, timeout: timeout, quiet: quiet}
 	for _, st := range prg.Body {
 		switch st := st.(type) {
 		case *ast.LexicalDeclaration:
@@ -76,16 +92,61 @@ func compileTransform(file string, loc scriptLoc, src string, timeout time.Durat
 	t.prog, err = goja.CompileAST(prg, true)
 	if err != nil {
 		var ce *goja.CompilerSyntaxError
+		msg := "transform: " + err.Error()
+		if quiet {
+			msg = "transform: syntax error (the file is not valid JavaScript here)"
+		}
 		if errors.As(err, &ce) && ce.File != nil {
 			p := ce.File.Position(ce.Offset)
-			return nil, &scriptErr{Line: p.Line, Col: p.Column, Msg: "transform: " + ce.Message}
+			if !quiet {
+				msg = "transform: " + ce.Message
+			}
+			return nil, &scriptErr{Line: p.Line, Col: p.Column, Msg: msg}
 		}
-		return nil, &scriptErr{Line: 1, Col: 1, Msg: "transform: " + err.Error()}
+		return nil, &scriptErr{Line: 1, Col: 1, Msg: msg}
 	}
 	if _, err := t.newRunner(); err != nil {
 		return nil, err
 	}
+	// Once it has loaded and defines transform(), it is JavaScript: errors
+	// thrown while transforming documents are shown whole.
+	t.quiet = false
 	return t, nil
+}
+
+// unexpectedAt moves an "Unexpected token X" error that goja's parser
+// places at the token after X (as in `{a: 1,, b}`, reported at b, perhaps
+// on the next line) back to X itself.
+func unexpectedAt(src string, line, col int, msg string) (int, int) {
+	tok, ok := strings.CutPrefix(msg, "Unexpected token ")
+	if !ok || tok == "" || line < 1 || col < 1 {
+		return line, col
+	}
+	lines := strings.SplitAfter(src, "\n")
+	if line > len(lines) {
+		return line, col
+	}
+	off := col - 1
+	for _, l := range lines[:line-1] {
+		off += len(l)
+	}
+	if off > len(src) || strings.HasPrefix(src[off:], tok) {
+		return line, col
+	}
+	before := strings.TrimRight(src[:off], " \t\r\n")
+	if !strings.HasSuffix(before, tok) {
+		return line, col
+	}
+	at := len(before) - len(tok)
+	l := strings.Count(src[:at], "\n") + 1
+	return l, at - (strings.LastIndexByte(src[:at], '\n') + 1) + 1
+}
+
+// safeParseMessage reports whether a parser message names token kinds
+// only ("Unexpected token }", "Unexpected identifier"), never a script's
+// words.
+func safeParseMessage(msg string) bool {
+	return strings.HasPrefix(msg, "Unexpected ") && !strings.ContainsAny(msg, "'\"`")
 }
 
 // jsRunner calls the transform in a runtime of its own; one per worker.
@@ -142,6 +203,14 @@ func (t *Transform) jsError(err error) string {
 	msg := "uncaught exception"
 	if v := ex.Value(); v != nil {
 		msg = v.String()
+		if t.quiet {
+			msg = "an exception"
+			if o, ok := v.(*goja.Object); ok {
+				if name := o.Get("name"); name != nil && !goja.IsUndefined(name) {
+					msg = "a " + name.String()
+				}
+			}
+		}
 	}
 	for _, fr := range ex.Stack() {
 		if p := fr.Position(); p.Line > 0 && p.Filename == t.file {

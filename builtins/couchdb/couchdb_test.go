@@ -362,3 +362,59 @@ func TestPillowCheckpoints(t *testing.T) {
 	couch.Put(t, "db", "d", nil)
 	run("4", 1) // only the new change
 }
+
+// A pillow whose feed the server filters checkpoints the feed's end, not
+// its last change that passed: when the last changes were filtered out,
+// nothing stays pending for ever.
+func TestPillowFilteredByServerReachesLastSeq(t *testing.T) {
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	couch.CreateDB(t, "db")
+	putTyped(t, couch, "db", map[string]string{"a1": "a", "b1": "b", "b2": "b"})
+	t.Setenv("TEST_COUCH_URL", couch.URL)
+	path := filepath.Join(t.TempDir(), "p.yaml")
+	pillow := "name: p\nsource:\n  couchdb:\n    url: ${TEST_COUCH_URL}\n    db: db\n    heartbeat: 100ms\n    selector: {type: a}\nbatch: {size: 10, wait: 20ms}\nsinks:\n  - couchdbtest: {}\n"
+	if err := os.WriteFile(path, []byte(pillow), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec, err := engine.LoadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := engine.NewPillow(spec, engine.RunOptions{Log: testLogger(t)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("pillow: %v", err)
+		}
+	}()
+	reach := func(seq string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			d, _ := couch.Get(t, "db", "_local/ptop-p")
+			if d["seq"] == seq {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("checkpoint %v, want seq %s", d, seq)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if n, err := spec.Src().(engine.PendingCounter).Pending(ctx, seq); err != nil || n != 0 {
+			t.Fatalf("pending %d, %v; want 0", n, err)
+		}
+	}
+	reach("3")
+	if n := p.Stats.Seen.Load(); n != 1 {
+		t.Fatalf("%d changes seen, want only a1", n)
+	}
+	// Live: a change filtered out after one that passed.
+	putTyped(t, couch, "db", map[string]string{"a2": "a"})
+	putTyped(t, couch, "db", map[string]string{"b3": "b"})
+	reach("5")
+	if n := p.Stats.Seen.Load(); n != 2 {
+		t.Fatalf("%d changes seen, want a1 and a2", n)
+	}
+}

@@ -479,3 +479,55 @@ func TestFakeUnreachable(t *testing.T) {
 		t.Errorf("load: %v", err)
 	}
 }
+
+// With CouchDB 2+ opaque sequences: on a heartbeat, a server-filtered
+// feed asks a normal feed from its position (POST, the selector in the
+// body, limit 1, no docs) and hands on its last_seq as a position when
+// nothing passes; when something passes it hands on nothing (the
+// continuous feed brings it).
+func TestFakeFilteredFeedPosition(t *testing.T) {
+	f := newFake(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("feed") == "normal" {
+			io.WriteString(w, `{"results":[],"last_seq":"9-g1AAAB","pending":0}`)
+			return
+		}
+		writeLines(w, rowLine("3-g1AAAA", "a1"), "")
+		hang(r)
+	})
+	src := newTestSource(t, Config{URL: f.url(""), DB: "db", Heartbeat: engine.Duration(time.Hour),
+		Selector: map[string]any{"type": "a"}})
+	r := startRun(t, src, "")
+	if c := r.next(t); c.ID != "a1" || c.Seq != "3-g1AAAA" {
+		t.Fatalf("first change %+v", c)
+	}
+	if c := r.next(t); !c.IsPosition() || c.Seq != "9-g1AAAB" {
+		t.Fatalf("want the position 9-g1AAAB, got %+v", c)
+	}
+	req := f.waitFeed(1)
+	if q := req.query; req.method != "POST" || q.Get("since") != "3-g1AAAA" || q.Get("limit") != "1" || q.Has("include_docs") ||
+		q.Get("filter") != "_selector" || req.body != `{"selector":{"type":"a"}}` {
+		t.Fatalf("position request %+v", req)
+	}
+
+	// Something passes after the position: nothing is handed on, and the
+	// next change is the next row of the continuous feed.
+	g := newFake(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("feed") == "normal" {
+			io.WriteString(w, `{"results":[{"seq":"10-g1AAAC","id":"a2","changes":[{"rev":"1-x"}]}],"last_seq":"10-g1AAAC","pending":0}`)
+			return
+		}
+		writeLines(w, rowLine("3-g1AAAA", "a1"), "", "", rowLine("10-g1AAAC", "a2"))
+		hang(r)
+	})
+	src2 := newTestSource(t, Config{URL: g.url(""), DB: "db", Heartbeat: engine.Duration(time.Hour),
+		Selector: map[string]any{"type": "a"}})
+	r2 := startRun(t, src2, "")
+	for _, want := range []string{"a1", "a2"} {
+		if c := r2.next(t); c.ID != want {
+			t.Fatalf("got %+v, want %s", c, want)
+		}
+	}
+	if n := g.feedCount(); n != 3 {
+		t.Fatalf("%d feed requests, want the feed and one per heartbeat", n)
+	}
+}

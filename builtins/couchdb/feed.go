@@ -134,7 +134,16 @@ func (f *follower) follow(ctx context.Context) (connected bool, err error) {
 			return true, w.explain(s.errorf("reading the changes feed: %w", err))
 		}
 		if len(bytes.TrimSpace(line)) == 0 {
-			continue // a heartbeat
+			// A heartbeat: the feed is quiet.
+			if s.serverFiltered() {
+				w.pause()
+				err := f.passedFiltered(ctx)
+				w.resume()
+				if err != nil && ctx.Err() == nil {
+					s.log.Debug("couchdb feed position not read", "db", s.display, "error", err)
+				}
+			}
+			continue
 		}
 		c, end, err := parseLine(line)
 		switch {

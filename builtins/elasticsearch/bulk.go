@@ -18,8 +18,15 @@ type span struct{ rec, lo, hi int }
 
 func (s span) len() int { return s.hi - s.lo }
 
+// MaxIDBytes is the longest _id Elasticsearch and OpenSearch take. A
+// longer one makes the server refuse the whole _bulk request, so it is
+// checked before sending.
+const MaxIDBytes = 512
+
 // encoder turns records into _bulk actions, reusing its buffers.
 type encoder struct {
+	maxID int // MaxIDBytes; tests raise it to see the server refuse
+
 	buf     bytes.Buffer
 	json    *json.Encoder // into buf, each value followed by "\n"
 	line    []byte
@@ -31,6 +38,7 @@ func (e *encoder) init() {
 	e.json = json.NewEncoder(&e.buf)
 	e.json.SetEscapeHTML(false)
 	e.scratch = make(map[string]any, 16)
+	e.maxID = MaxIDBytes
 }
 
 // encode encodes records and returns their spans, in order. A record that
@@ -55,6 +63,9 @@ func (e *encoder) encode(records []engine.Record, rerrs *engine.RecordErrors) []
 func (e *encoder) append(r *engine.Record) error {
 	if r.ID == "" {
 		return errors.New("the record has an empty id")
+	}
+	if len(r.ID) > e.maxID {
+		return fmt.Errorf("the record's _id %q is %d bytes; Elasticsearch takes at most %d", engine.Clip(r.ID), len(r.ID), MaxIDBytes)
 	}
 	l := e.line[:0]
 	if r.Delete {

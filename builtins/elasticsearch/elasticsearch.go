@@ -131,10 +131,11 @@ type Sink struct {
 	rmu     sync.Mutex
 	rebuilt string // the index RebuildTarget chose, which Promote flips to
 
-	mu  sync.Mutex
-	enc encoder
-	out bytes.Buffer // a request body assembled from spans
-	in  bytes.Buffer // a response body
+	mu      sync.Mutex
+	enc     encoder
+	refused int          // records of this Write that the server refused whole, alone
+	out     bytes.Buffer // a request body assembled from spans
+	in      bytes.Buffer // a response body
 }
 
 // New makes an Elasticsearch sink. It reads the mapping and CA files but
@@ -441,6 +442,11 @@ func (s *Sink) httpError(what string, status int, body []byte) error {
 	if reason == "" {
 		reason = http.StatusText(status)
 	}
+	// A reason may quote a long value (an _id) once per record at fault.
+	reason = engine.ClipWords(reason)
+	if len(reason) > 1000 {
+		reason = strings.ToValidUTF8(reason[:1000], "") + "…"
+	}
 	return fmt.Errorf("%s at %s: HTTP %d: %s", what, s.redacted, status, reason)
 }
 
@@ -502,11 +508,21 @@ func errorReason(body []byte) string {
 // large batch). It returns nil when every record is written (or was older
 // than what the index holds), engine.RecordErrors for records the server
 // rejected, and a plain error when the batch should be retried.
-func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
+func (s *Sink) Write(ctx context.Context, records []engine.Record) (err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var rerrs engine.RecordErrors
 	spans := s.enc.encode(records, &rerrs)
+	s.refused = 0
+	if n := len(spans); n > 1 {
+		defer func() {
+			// Every record refused alone as well: the request was never
+			// the problem of some records but of the index or the server.
+			if s.refused == n && len(rerrs) > 0 {
+				err, rerrs = fmt.Errorf("every record of the batch refused: %w", rerrs[0].Err), nil
+			}
+		}()
+	}
 	backoff := component.Backoff{Max: 5 * time.Second}
 	for attempt := 0; len(spans) > 0; attempt++ {
 		retry, err := s.send(ctx, records, spans, &rerrs)
@@ -560,6 +576,26 @@ func (s *Sink) send(ctx context.Context, records []engine.Record, spans []span, 
 		part := spans[:n]
 		spans = spans[n:]
 		items, err := s.bulk(ctx, part)
+		if status := refusedStatus(err); status != 0 {
+			// The server refused the whole request because of some of its
+			// records (an _id too long, a document over the request
+			// limit): halve it until those records stand alone.
+			if len(part) == 1 {
+				*rerrs = append(*rerrs, engine.RecordError{Index: part[0].rec, Err: err})
+				s.refused++
+				continue
+			}
+			s.log.Debug("_bulk refused whole; splitting it to find the records at fault", "records", len(part), "status", status)
+			half := len(part) / 2
+			for _, half := range [][]span{part[:half], part[half:]} {
+				r, err := s.send(ctx, records, half, rerrs)
+				if err != nil {
+					return nil, err
+				}
+				retry = append(retry, r...)
+			}
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -576,13 +612,32 @@ func (s *Sink) send(ctx context.Context, records []engine.Record, spans []span, 
 			case itemRetry:
 				retry = append(retry, retryItem{span: sp, why: why})
 			case itemRejected:
-				*rerrs = append(*rerrs, engine.RecordError{Index: sp.rec, Err: errors.New(why)})
+				*rerrs = append(*rerrs, engine.RecordError{Index: sp.rec, Err: errors.New(engine.ClipWords(why))})
 			case itemFatal:
 				return nil, fmt.Errorf("_bulk at %s: %s", s.redacted, why)
 			}
 		}
 	}
 	return retry, nil
+}
+
+// requestError is a _bulk request the server refused whole.
+type requestError struct {
+	status int
+	err    error
+}
+
+func (e *requestError) Error() string { return e.err.Error() }
+func (e *requestError) Unwrap() error { return e.err }
+
+// refusedStatus is the status of a request refused whole for what it
+// carries (400, 413), or 0.
+func refusedStatus(err error) int {
+	var re *requestError
+	if errors.As(err, &re) && (re.status == http.StatusBadRequest || re.status == http.StatusRequestEntityTooLarge) {
+		return re.status
+	}
+	return 0
 }
 
 // bulk sends one _bulk request of spans. It returns nil items when the
@@ -612,7 +667,7 @@ func (s *Sink) bulk(ctx context.Context, part []span) ([]bulkItem, error) {
 			s.setBulkURL()
 			return s.bulk(ctx, part)
 		}
-		return nil, s.httpError("_bulk", resp.StatusCode, s.in.Bytes())
+		return nil, &requestError{resp.StatusCode, s.httpError("_bulk", resp.StatusCode, s.in.Bytes())}
 	}
 	return parseBulkResponse(s.in.Bytes())
 }

@@ -371,3 +371,42 @@ func TestGeneration(t *testing.T) {
 		}
 	}
 }
+
+// A batch whose every record the server refuses whole, even alone, is a
+// problem of the index or server, not of the records: the batch is
+// retried rather than sent to the error store.
+func TestFakeEveryRecordRefusedIsNotTheRecords(t *testing.T) {
+	f, srv := newFake(t, fakeReply{status: 400}, fakeReply{status: 400}, fakeReply{status: 400})
+	s := newTestSink(t, Config{URL: srv.URL, Index: "x"}, t.TempDir())
+	err := s.Write(testCtx(t), []engine.Record{idx("a", "1-a", map[string]any{}), idx("b", "1-a", map[string]any{})})
+	var re engine.RecordErrors
+	if err == nil || errors.As(err, &re) || !strings.HasPrefix(err.Error(), "every record of the batch refused: ") {
+		t.Fatalf("Write: %v, want a plain error", err)
+	}
+	if n := len(f.reqs()); n != 3 {
+		t.Fatalf("%d requests, want the batch and each half", n)
+	}
+}
+
+// A request refused whole (413) is halved until the record at fault is
+// alone; the others are written.
+func TestFakeRefusedRequestBisected(t *testing.T) {
+	f, srv := newFake(t, fakeReply{status: 413}, fakeReply{status: 413}, fakeReply{}, fakeReply{status: 413}, fakeReply{})
+	s := newTestSink(t, Config{URL: srv.URL, Index: "x"}, t.TempDir())
+	err := s.Write(testCtx(t), []engine.Record{
+		idx("a", "1-a", map[string]any{}), idx("b", "1-a", map[string]any{}),
+		idx("c", "1-a", map[string]any{}), idx("d", "1-a", map[string]any{}),
+	})
+	var re engine.RecordErrors
+	if !errors.As(err, &re) || len(re) != 1 || re[0].Index != 1 {
+		t.Fatalf("Write: %v, want record 1 alone", err)
+	}
+	var sent []string
+	for _, r := range f.reqs() {
+		sent = append(sent, fmt.Sprint(len(r.actions)))
+	}
+	// [a b c d] refused, [a b] refused, [a] written, [b] refused, [c d] written.
+	if got := strings.Join(sent, " "); got != "4 2 1 1 2" {
+		t.Fatalf("request sizes %s", got)
+	}
+}

@@ -260,3 +260,51 @@ func TestMappingRefusedByServer(t *testing.T) {
 		}
 	})
 }
+
+// A record the server would refuse the whole request for goes to error
+// handling alone and the rest of the batch is written: an _id over 512
+// bytes is caught before sending; a request refused whole anyway (here
+// with the check lifted) is halved until the record at fault stands
+// alone. Messages do not repeat the long id.
+func TestRecordRefusedWholeGoesAlone(t *testing.T) {
+	forEachDist(t, func(t *testing.T, srv *testenv.OpenSearch) {
+		index := uniqueIndex(t)
+		s := openTestSink(t, Config{URL: srv.URL, Index: index}, t.TempDir())
+		longX, longE := strings.Repeat("x", 600), strings.Repeat("é", 300)
+		err := s.Write(testCtx(t), []engine.Record{
+			idx("ok1", "1-a", map[string]any{"n": 1}),
+			idx(longX, "1-b", map[string]any{"n": 2}),
+			idx("ok2", "1-c", map[string]any{"n": 3}),
+			idx(longE, "1-d", map[string]any{"n": 4}),
+		})
+		var re engine.RecordErrors
+		if !errors.As(err, &re) || len(re) != 2 || re[0].Index != 1 || re[1].Index != 3 {
+			t.Fatalf("Write returned %v, want RecordErrors for records 1 and 3", err)
+		}
+		if msg, want := re[0].Err.Error(), `the record's _id "`+longX[:100]+`…(600 bytes)" is 600 bytes; Elasticsearch takes at most 512`; msg != want {
+			t.Errorf("error %q, want %q", msg, want)
+		}
+		if n := srv.Count(t, index); n != 2 {
+			t.Errorf("count %d, want the 2 good records", n)
+		}
+
+		s.enc.maxID = 1 << 20 // let the server refuse it
+		err = s.Write(testCtx(t), []engine.Record{
+			idx("ok3", "1-a", map[string]any{"n": 1}),
+			idx("ok4", "1-a", map[string]any{"n": 1}),
+			idx(longX, "1-b", map[string]any{"n": 2}),
+			idx("ok5", "1-c", map[string]any{"n": 3}),
+			idx("ok6", "1-c", map[string]any{"n": 3}),
+		})
+		if !errors.As(err, &re) || len(re) != 1 || re[0].Index != 2 {
+			t.Fatalf("Write returned %v, want RecordErrors for record 2", err)
+		}
+		msg := re[0].Err.Error()
+		if !strings.Contains(msg, "HTTP 400: ") || !strings.Contains(msg, "too long") || strings.Contains(msg, longX[:200]) || len(msg) > 500 {
+			t.Errorf("error %q: want the server's 400, with the id clipped", msg)
+		}
+		if n := srv.Count(t, index); n != 6 {
+			t.Errorf("count %d, want the 6 good records", n)
+		}
+	})
+}

@@ -5,7 +5,9 @@
 //
 //	source: {file: {path: changes.jsonl}}
 //
-// It keeps no checkpoint and ends at the end of the file.
+// It keeps no checkpoint of its own and ends at the end of the file; a
+// pillow that keeps one elsewhere (checkpoint: {postgres: …}) resumes
+// after the row of the saved seq.
 //
 // The sink appends one JSON object per line, for debugging, demos and
 // tests, and flushes before it acknowledges a batch:
@@ -26,6 +28,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 
@@ -73,14 +76,20 @@ type row struct {
 	LastSeq json.RawMessage `json:"last_seq"`
 }
 
-// Run implements engine.Source. since is ignored: the file is read from its
-// start.
+// Run implements engine.Source. With since empty the file is read from its
+// start; otherwise from after the row whose seq is since (a checkpoint
+// kept in another store, such as Postgres): the rows up to it were
+// processed by an earlier run. A since that no row of the file has is an
+// error, rather than a reason to read everything again.
 func (s *Source) Run(ctx context.Context, since string, out chan<- engine.Change) error {
 	f, err := os.Open(s.path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	if since == "0" {
+		since = "" // the start of the feed
+	}
 	r := bufio.NewReaderSize(f, 1<<20)
 	for lineNo := 1; ; lineNo++ {
 		line, err := r.ReadSlice('\n')
@@ -95,6 +104,12 @@ func (s *Source) Run(ctx context.Context, since string, out chan<- engine.Change
 		}
 		if len(bytes.TrimSpace(line)) > 0 {
 			c := parseRow(line, lineNo)
+			if c != nil && since != "" {
+				if c.Err == nil && c.Seq == since {
+					since = "" // what follows is new
+				}
+				c = nil
+			}
 			if c != nil {
 				select {
 				case out <- *c:
@@ -104,6 +119,9 @@ func (s *Source) Run(ctx context.Context, since string, out chan<- engine.Change
 			}
 		}
 		if err == io.EOF {
+			if since != "" {
+				return engine.Permanent(fmt.Errorf("%s: no row has the checkpoint's seq %q; the file is not the one the checkpoint was saved from", s.path, since))
+			}
 			return nil
 		}
 		if err != nil {
@@ -148,7 +166,7 @@ func seqString(raw json.RawMessage) string {
 
 // SinkConfig is `- file: …` in sinks.
 type SinkConfig struct {
-	Path string `yaml:"path" ptop:"required" doc:"The file records are appended to, one JSON line each; \"-\" for standard output."`
+	Path string `yaml:"path" ptop:"required" doc:"The file records are appended to, one JSON line each; \"-\" for standard output. Its directory is created when missing; no other file sink may write the same file."`
 	// Sync calls fsync after each batch, for durability across a crash of
 	// the machine, not just of ptop.
 	Sync bool `yaml:"sync" doc:"Call fsync after each batch, for durability across a crash of the machine, not just of ptop."`
@@ -158,6 +176,12 @@ type SinkConfig struct {
 func (c *SinkConfig) Validate(ch *engine.Check) {
 	if ch.Has("path") && c.Path == "" {
 		ch.Errorf("path", "path must not be empty (use \"-\" for stdout)")
+	}
+	if c.Path != "" && c.Path != "-" {
+		// Two sinks appending to one file would interleave their lines.
+		if abs, err := filepath.Abs(c.Path); err == nil {
+			ch.Claim("path", "file path", abs)
+		}
 	}
 }
 
@@ -176,16 +200,21 @@ func NewSink(cfg *SinkConfig, _ engine.BuildContext) (engine.Sink, error) {
 	return &Sink{cfg: *cfg}, nil
 }
 
-// Open implements engine.Sink.
+// Open implements engine.Sink. The file's directory is created when
+// missing. A path that cannot be opened (a directory, no permission) is a
+// permanent error: retrying would not change it.
 func (s *Sink) Open(context.Context) error {
 	if s.cfg.Path == "-" {
 		s.f = os.Stdout
 	} else {
+		if err := os.MkdirAll(filepath.Dir(s.cfg.Path), 0o755); err != nil {
+			return engine.Permanent(err)
+		}
 		f, err := os.OpenFile(s.cfg.Path, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o644)
 		if err != nil {
-			return err
+			return engine.Permanent(err)
 		}
-		if err := dropPartialLine(f); err != nil {
+		if err := endPartialLine(f); err != nil {
 			f.Close()
 			return fmt.Errorf("%s: %w", s.cfg.Path, err)
 		}
@@ -197,15 +226,21 @@ func (s *Sink) Open(context.Context) error {
 	return nil
 }
 
-// dropPartialLine truncates what follows the file's last newline: the
-// part of a batch that a crash (kill -9) cut short. Its changes were not
-// checkpointed, so they are written again whole.
-func dropPartialLine(f *os.File) error {
+// ownLine is how every line the sink writes starts.
+var ownLine = []byte(`{"action":"`)
+
+// endPartialLine deals with what follows the file's last newline. A line
+// of the sink's own is the part of a batch that a crash (kill -9) cut
+// short: its changes were not checkpointed, so it is dropped and written
+// again whole. Anything else is someone else's text and is kept, ended
+// with a newline so that the next record starts a line of its own.
+func endPartialLine(f *os.File) error {
 	st, err := f.Stat()
 	if err != nil || st.Size() == 0 || !st.Mode().IsRegular() {
 		return err
 	}
 	size := st.Size()
+	keep := int64(0) // where the last line starts
 	buf := make([]byte, 64<<10)
 	for end := size; end > 0; {
 		start := max(end-int64(len(buf)), 0)
@@ -214,14 +249,23 @@ func dropPartialLine(f *os.File) error {
 			return err
 		}
 		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
-			if keep := start + int64(i) + 1; keep < size {
-				return f.Truncate(keep)
-			}
-			return nil
+			keep = start + int64(i) + 1
+			break
 		}
 		end = start
 	}
-	return f.Truncate(0)
+	if keep == size {
+		return nil
+	}
+	head := make([]byte, min(int64(len(ownLine)), size-keep))
+	if _, err := f.ReadAt(head, keep); err != nil && err != io.EOF {
+		return err
+	}
+	if bytes.HasPrefix(ownLine, head) {
+		return f.Truncate(keep)
+	}
+	_, err = f.Write([]byte{'\n'})
+	return err
 }
 
 type line struct {

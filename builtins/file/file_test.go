@@ -137,3 +137,85 @@ func TestSinkDropsPartialLineOnOpen(t *testing.T) {
 		t.Fatalf("file:\n%s\nwant:\n%s", b, want)
 	}
 }
+
+// A last line without newline that the sink did not write is someone
+// else's: it is kept, and the sink's first record starts a line of its own.
+func TestSinkKeepsForeignLastLine(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "out.jsonl")
+	if err := os.WriteFile(p, []byte("# header\nnot ours"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := NewSink(&SinkConfig{Path: p}, engine.BuildContext{})
+	if err := s.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(context.Background(), []engine.Record{{ID: "c", Delete: true}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	b, _ := os.ReadFile(p)
+	if want := "# header\nnot ours\n" + `{"action":"delete","id":"c"}` + "\n"; string(b) != want {
+		t.Fatalf("file:\n%s\nwant:\n%s", b, want)
+	}
+}
+
+func TestSinkCreatesDirectory(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "a", "b", "out.jsonl")
+	s, _ := NewSink(&SinkConfig{Path: p}, engine.BuildContext{})
+	if err := s.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(context.Background(), []engine.Record{{ID: "c", Delete: true}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if b, err := os.ReadFile(p); err != nil || string(b) != `{"action":"delete","id":"c"}`+"\n" {
+		t.Fatalf("file: %q, %v", b, err)
+	}
+}
+
+// A path that cannot be a file fails at once, for good: the engine does
+// not retry opening it for ever.
+func TestSinkBadPathIsPermanent(t *testing.T) {
+	dir := t.TempDir()
+	notDir := filepath.Join(dir, "plain")
+	os.WriteFile(notDir, nil, 0o644)
+	for _, p := range []string{dir, filepath.Join(notDir, "out.jsonl")} {
+		s, _ := NewSink(&SinkConfig{Path: p}, engine.BuildContext{})
+		err := s.Open(context.Background())
+		if err == nil || !engine.IsPermanent(err) {
+			t.Errorf("Open(%s) = %v, want a permanent error", p, err)
+		}
+	}
+}
+
+// With since set, the source starts after the row of that seq; a seq the
+// file does not have stops it, rather than reading everything again.
+func TestSourceResumesAfterSince(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "changes.jsonl")
+	dump := `{"seq":1,"id":"a","changes":[{"rev":"1-x"}],"doc":{"_id":"a"}}
+{"seq":"2-g1AA","id":"b","changes":[{"rev":"1-y"}],"doc":{"_id":"b"}}
+{"seq":3,"id":"c","changes":[{"rev":"1-z"}],"doc":{"_id":"c"}}
+`
+	os.WriteFile(p, []byte(dump), 0o644)
+	src, _ := NewSource(&SourceConfig{Path: p}, engine.BuildContext{})
+	read := func(since string) ([]string, error) {
+		out := make(chan engine.Change, 10)
+		err := src.Run(context.Background(), since, out)
+		close(out)
+		var ids []string
+		for c := range out {
+			ids = append(ids, c.ID)
+		}
+		return ids, err
+	}
+	for since, want := range map[string]string{"": "a b c", "0": "a b c", "1": "b c", "2-g1AA": "c", "3": ""} {
+		ids, err := read(since)
+		if err != nil || strings.Join(ids, " ") != want {
+			t.Errorf("since %q: %v, %v; want %s", since, ids, err, want)
+		}
+	}
+	if _, err := read("9"); err == nil || !engine.IsPermanent(err) || !strings.Contains(err.Error(), `no row has the checkpoint's seq "9"`) {
+		t.Errorf("since 9: %v", err)
+	}
+}

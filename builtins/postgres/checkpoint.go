@@ -35,7 +35,7 @@ func NewCheckpoints(cfg *CheckpointConfig, _ engine.BuildContext) (engine.Checkp
 	if tbl == "" {
 		tbl = DefaultCheckpointTable
 	}
-	table, err := parseTable(tbl)
+	table, err := parseTable(tbl, maxIdentifier)
 	if err != nil {
 		return nil, err
 	}

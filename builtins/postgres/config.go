@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"errors"
+	"fmt"
 	"regexp"
 	"strings"
 	"time"
@@ -20,12 +21,12 @@ type Config struct {
 	DSN string `yaml:"dsn" ptop:"required" doc:"Connection string: postgres://user:pass@host:5432/db?sslmode=disable, or key=value pairs."`
 	// Table is the table written, "name" or "schema.name", taken
 	// literally (case kept, quoted in SQL).
-	Table string `yaml:"table" ptop:"required" doc:"The table written: name or schema.name, taken literally (case kept)."`
+	Table string `yaml:"table" ptop:"required" doc:"The table written: name or schema.name, taken literally (case kept); the name at most 54 bytes (its rebuild is NAME__reindex), the schema at most 63."`
 	// Key is the column holding the record id; default "_id".
 	Key string `yaml:"key" doc:"The column holding the record id (default _id)."`
 	// Columns maps column names to SQL types: a record field with a
 	// column's name goes into that column.
-	Columns map[string]string `yaml:"columns" doc:"Column name to SQL type (text, integer, timestamptz, jsonb, text[] …): a record field with a column's name goes into that column."`
+	Columns map[string]string `yaml:"columns" doc:"Column name to SQL type (text, integer, timestamptz, jsonb, text[] …): a record field with a column's name goes into that column. Names at most 63 bytes."`
 	// Doc puts every other field of a record into a jsonb column "doc"
 	// (default true); false drops them.
 	Doc bool `yaml:"doc" doc:"Put every other field of a record into the jsonb column doc (default true); false drops them."`
@@ -73,12 +74,14 @@ func (c *Config) Validate(ch *engine.Check) {
 		}
 	}
 	if ch.Has("table") {
-		if _, err := parseTable(c.Table); err != nil {
+		if _, err := parseTable(c.Table, maxTableName); err != nil {
 			ch.Errorf("table", "%s", err)
 		}
 	}
 	if c.Key == "" {
 		ch.Errorf("key", "key must not be empty")
+	} else if len(c.Key) > maxIdentifier {
+		ch.Errorf("key", "key %q is %d bytes; Postgres names are at most %d", c.Key, len(c.Key), maxIdentifier)
 	} else if reserved(c.Key, true) {
 		ch.Errorf("key", "key %q is a column ptop keeps for itself; choose another name", c.Key)
 	}
@@ -96,6 +99,8 @@ func (c *Config) Validate(ch *engine.Check) {
 		switch {
 		case name == "":
 			ch.Errorf("columns", "a column name must not be empty")
+		case len(name) > maxIdentifier:
+			ch.Errorf("columns", "column %q is %d bytes; Postgres names are at most %d", name, len(name), maxIdentifier)
 		case name == c.Key:
 			ch.Errorf("columns", "column %q is the key column; the key is not listed in columns (it is text)", name)
 		case reserved(name, c.Doc):
@@ -146,8 +151,17 @@ func dsnError(err error) string {
 	return err.Error()
 }
 
-// parseTable splits "schema.name" or "name".
-func parseTable(s string) ([]string, error) {
+// maxIdentifier is the longest name Postgres keeps (NAMEDATALEN-1 bytes);
+// it cuts longer ones silently. A sink's table is shorter still, so that
+// its rebuild's TABLE__reindex fits.
+const (
+	maxIdentifier = 63
+	maxTableName  = maxIdentifier - len(shadowSuffix)
+)
+
+// parseTable splits "schema.name" or "name"; the name may have at most
+// maxName bytes.
+func parseTable(s string, maxName int) ([]string, error) {
 	if s == "" {
 		return nil, errors.New("table must not be empty")
 	}
@@ -159,6 +173,12 @@ func parseTable(s string) ([]string, error) {
 		if p == "" || strings.TrimSpace(p) != p {
 			return nil, errors.New("invalid table " + quote(s) + ": use name or schema.name, without spaces around the names")
 		}
+	}
+	if name := parts[len(parts)-1]; len(name) > maxName {
+		return nil, fmt.Errorf("table name %q is %d bytes; it may have at most %d", name, len(name), maxName)
+	}
+	if len(parts) == 2 && len(parts[0]) > maxIdentifier {
+		return nil, fmt.Errorf("schema name %q is %d bytes; Postgres names are at most %d", parts[0], len(parts[0]), maxIdentifier)
 	}
 	return parts, nil
 }
@@ -189,7 +209,7 @@ func (c *CheckpointConfig) Validate(ch *engine.Check) {
 			ch.Errorf("dsn", "%s", msg)
 		}
 	}
-	if _, err := parseTable(c.Table); err != nil {
+	if _, err := parseTable(c.Table, maxIdentifier); err != nil {
 		ch.Errorf("table", "%s", err)
 	}
 }

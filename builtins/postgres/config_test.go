@@ -38,6 +38,10 @@ func TestConfigErrors(t *testing.T) {
 		{"empty table", dsn + "table: \"\"", []string{`6:14: table must not be empty`}},
 		{"table with three parts", dsn + "table: a.b.c", []string{`6:14: invalid table "a.b.c": use name or schema.name`}},
 		{"table with an empty part", dsn + "table: a.", []string{`6:14: invalid table "a.": use name or schema.name, without spaces around the names`}},
+		{"table name too long", dsn + "table: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", []string{`6:14: table name "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" is 55 bytes; it may have at most 54`}},
+		{"schema name too long", dsn + "table: ssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssss.t", []string{`6:14: schema name "ssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssss" is 64 bytes; Postgres names are at most 63`}},
+		{"column name too long", dsn + "table: t\ncolumns: {cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc: text}", []string{`7:16: column "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc" is 64 bytes; Postgres names are at most 63`}},
+		{"key too long", dsn + "table: t\nkey: cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc", []string{`7:12: key "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc" is 64 bytes; Postgres names are at most 63`}},
 		{"empty key", dsn + "table: t\nkey: \"\"", []string{`7:12: key must not be empty`}},
 		{"reserved key", dsn + "table: t\nkey: _rev", []string{`7:12: key "_rev" is a column ptop keeps for itself; choose another name`}},
 		{"key among columns", dsn + "table: t\nkey: id\ncolumns: {id: text}",
@@ -91,6 +95,7 @@ func TestCheckpointConfigErrors(t *testing.T) {
 		{"checkpoint:\n  postgres: {table: t}\n", `6:13: missing required key "dsn"`},
 		{"checkpoint:\n  postgres: {dsn: \"postgres://h:x/db\"}\n", `6:19: invalid dsn: invalid port`},
 		{"checkpoint:\n  postgres: {dsn: \"postgres://h/db\", table: \"a.b.c\"}\n", `6:45: invalid table "a.b.c": use name or schema.name`},
+		{"checkpoint:\n  postgres: {dsn: \"postgres://h/db\", table: tttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttt}\n", `6:45: table name "tttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttt" is 64 bytes; it may have at most 63`},
 		{"checkpoint:\n  postgres: {dsn: \"postgres://h/db\", tabel: x}\n", `6:38: unknown key "tabel" (did you mean "table"?)`},
 	} {
 		_, path, err := loadFile(t, "name: p\nsource: {file: {path: x}}\nsinks:\n  - file: {path: y}\n"+tt.src)

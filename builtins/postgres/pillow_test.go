@@ -344,3 +344,62 @@ sinks:
 		t.Fatalf("Run: %v", err)
 	}
 }
+
+// A file source with its checkpoint in Postgres resumes after the saved
+// seq: a second run of the same file writes nothing again, and rows
+// appended to the file since are the only ones written.
+func TestFileSourceResumesFromPostgresCheckpoint(t *testing.T) {
+	t.Parallel()
+	pg := testenv.SharedPostgres(t)
+	dsn := pg.NewDatabase(t)
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "in.jsonl"), filepath.Join(dir, "out.jsonl")
+	rows := func(from, to int) string {
+		var b strings.Builder
+		for i := from; i <= to; i++ {
+			fmt.Fprintf(&b, `{"seq":%d,"id":"d%d","changes":[{"rev":"1-a"}],"doc":{"_id":"d%d"}}`+"\n", i, i, i)
+		}
+		return b.String()
+	}
+	if err := os.WriteFile(in, []byte(rows(1, 5)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pillow := fmt.Sprintf(`name: resume
+source: {file: {path: %q}}
+checkpoint: {postgres: {dsn: %q}}
+sinks: [{file: {path: %q}}]
+`, in, dsn, out)
+	run := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if err := engine.NewPillow(loadPillow(t, pillow), engine.RunOptions{Log: quietLog()}).Run(ctx); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	}
+	lines := func() []string {
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Split(strings.TrimSpace(string(b)), "\n")
+	}
+	run()
+	if got := count(dsn, "SELECT count(*) FROM ptop_checkpoints WHERE seq = '5'"); got != 1 {
+		t.Fatalf("checkpoint rows at seq 5: %d", got)
+	}
+	run()
+	if got := lines(); len(got) != 5 {
+		t.Fatalf("after a second run of the same file, %d lines, want 5:\n%s", len(got), strings.Join(got, "\n"))
+	}
+	f, err := os.OpenFile(in, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(rows(6, 7))
+	f.Close()
+	run()
+	got := lines()
+	if len(got) != 7 || !strings.Contains(got[5], `"id":"d6"`) || !strings.Contains(got[6], `"id":"d7"`) {
+		t.Fatalf("after appending two rows, lines:\n%s", strings.Join(got, "\n"))
+	}
+}

@@ -150,7 +150,7 @@ func New(cfg *Config, bc engine.BuildContext) (engine.Sink, error) {
 	if err != nil {
 		return nil, err
 	}
-	table, err := parseTable(cfg.Table)
+	table, err := parseTable(cfg.Table, maxTableName)
 	if err != nil {
 		return nil, err
 	}

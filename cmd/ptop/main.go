@@ -42,6 +42,10 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	// Everything logs through slog: until a command sets its own logger,
+	// the default one writes slog's text lines (not the log package's
+	// "2026/12/02 14:14:07 INFO …") to stderr.
+	slog.SetDefault(slog.New(slog.NewTextHandler(stderr, nil)))
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -41,7 +42,7 @@ func TestValidateShippedPipelines(t *testing.T) {
 func TestValidateReportsEveryProblem(t *testing.T) {
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "a.yaml"), "name: a\nsource: {file: {path: x}}\nsinks: [{file: {path: y}}]\nbatch: {size: 0}\n")
-	write(t, filepath.Join(dir, "b.yaml"), "name: b\nsource: {file: {path: x}}\nfilter: doc.x ==\nsinks: [{file: {path: y}}]\n")
+	write(t, filepath.Join(dir, "b.yaml"), "name: b\nsource: {file: {path: x}}\nfilter: doc.x ==\nsinks: [{file: {path: z}}]\n")
 	code, out, errOut := ptop(t, "validate", dir)
 	if code != 1 || out != "" {
 		t.Fatalf("exit %d, stdout %q", code, out)
@@ -174,5 +175,17 @@ func TestBuildVersion(t *testing.T) {
 		if got := buildVersion(bi); got != c.want {
 			t.Errorf("%s %v: got %q, want %q", c.version, c.settings, got, c.want)
 		}
+	}
+}
+
+// Sources and sinks log through slog.Default(): every command sets it to
+// a slog handler on its stderr, so no line has the log package's format.
+func TestDefaultLoggerIsSlog(t *testing.T) {
+	defer slog.SetDefault(slog.Default())
+	var o, e bytes.Buffer
+	run([]string{"version"}, &o, &e)
+	slog.Default().With("pillow", "p").Info("created index", "index", "x")
+	if got := e.String(); !strings.HasPrefix(got, "time=") || !strings.Contains(got, `level=INFO msg="created index" pillow=p index=x`) {
+		t.Fatalf("stderr: %q", got)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -32,6 +33,7 @@ func cmdReindex(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "ptop reindex:", err)
 		return 2
 	}
+	slog.SetDefault(log) // sources and sinks log through it
 	specs, err := engine.Load(*dir)
 	if err != nil {
 		printLoadErrors(stderr, err)

@@ -175,6 +175,19 @@ func TestReloadUnderLoad(t *testing.T) {
 		t.Fatalf("the removed pillow c wrote %d more records", got-stoppedAt)
 	}
 
+	// 5. A YAML alias bomb (nine-way aliases nested nine deep, ~43
+	// million values expanded) is refused quickly, like any invalid file:
+	// the running pillows go on.
+	bomb := "name: d\nsource:\n  couchdb:\n    url: x\n    db: delta\n    selector:\n      a0: &a0 [x, x, x, x, x, x, x, x, x]\n"
+	for i := 1; i <= 8; i++ {
+		bomb += fmt.Sprintf("      a%d: &a%d [%s]\n", i, i, strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*a%d, ", i-1), 9), ", "))
+	}
+	write(t, filepath.Join(pdir, "d.yaml"), bomb+"sinks: [{file: {path: d.jsonl}}]\n")
+	hup(5)
+	if strings.Count(p.stderr.String(), "reload refused: nothing changed") != 2 || !strings.Contains(p.stderr.String(), "d.yaml:11:16: more than 1000 YAML aliases, expanded") {
+		t.Fatalf("reload 5 outcome:\n%s", p.stderr)
+	}
+
 	// Nothing lost: every document put reaches its pillow's output.
 	idsA, idsB := wa.halt(), wb.halt()
 	for _, c := range []struct {

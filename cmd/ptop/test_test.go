@@ -235,7 +235,7 @@ func TestPillowTestOneFileAndNoTests(t *testing.T) {
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "a.yaml"), "name: a\nsource: {file: {path: x}}\nsinks: [{file: {path: y}}]\n")
 	write(t, filepath.Join(dir, "a.test.yml"), "cases:\n  - {name: passes, change: {doc: {_id: x, v: 1}}, want: [{_id: x, v: 1}]}\n")
-	write(t, filepath.Join(dir, "b.yaml"), "name: b\nsource: {file: {path: x}}\nsinks: [{file: {path: y}}]\n")
+	write(t, filepath.Join(dir, "b.yaml"), "name: b\nsource: {file: {path: x}}\nsinks: [{file: {path: z}}]\n")
 	code, out, _ := ptop(t, "test", dir)
 	if code != 0 || out != "ok   a\t1 case\n?    b\t[no test file]\n1 cases passed, 0 failed\n" {
 		t.Fatalf("exit %d:\n%s", code, out)
