@@ -84,6 +84,13 @@ type Source struct {
 	revs map[string]string // _local doc id → last known _rev
 
 	lastActivity atomic.Int64 // unix nanoseconds of the last bytes from the feed
+
+	// feedErr is why the feed is failing (connections that end before the
+	// server sends anything), since failSince; nil while it delivers.
+	// failing mirrors feedErr != nil for the reader. Under mu.
+	feedErr   error
+	failSince time.Time
+	failing   atomic.Bool
 }
 
 // New makes a source from its configuration. It makes no network call.
@@ -373,6 +380,7 @@ func (s *Source) describe(err error) error {
 // Interface guards.
 var (
 	_ engine.FeedStatus         = (*Source)(nil)
+	_ engine.FeedErrorer        = (*Source)(nil)
 	_ engine.PendingCounter     = (*Source)(nil)
 	_ engine.CheckpointTimer    = (*Source)(nil)
 	_ engine.Source             = (*Source)(nil)

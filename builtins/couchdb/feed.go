@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -52,9 +53,15 @@ func (s *Source) Run(ctx context.Context, since string, out chan<- engine.Change
 	}
 	delay := minBackoff
 	for attempt := 1; ; attempt++ {
+		began := time.Now().UnixNano()
 		connected, err := f.follow(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if s.lastActivity.Load() >= began || errors.Is(err, errFeedEnded) {
+			s.feedFailed(nil) // it delivered
+		} else {
+			s.feedFailed(err)
 		}
 		var fatal fatalError
 		if errors.As(err, &fatal) {
@@ -118,8 +125,7 @@ func (f *follower) follow(ctx context.Context) (connected bool, err error) {
 		// one resumes from where this one started, not from a later now.
 		f.seq = updateSeq
 	}
-	s.lastActivity.Store(time.Now().UnixNano())
-	body := &activityReader{r: res.Body, w: w, last: &s.lastActivity}
+	body := &activityReader{r: res.Body, w: w, s: s}
 	if f.br == nil {
 		f.br = bufio.NewReaderSize(body, 64<<10)
 	} else {
@@ -166,20 +172,28 @@ func (f *follower) readLine() ([]byte, error) {
 	}
 	line, err := f.br.ReadSlice('\n')
 	if err != bufio.ErrBufferFull {
-		if err == io.EOF && len(line) > 0 {
-			return line, nil // a last line without newline
-		}
-		return line, err
+		return line, cutLine(line, err)
 	}
 	f.buf = append(f.buf[:0], line...)
 	for err == bufio.ErrBufferFull {
 		line, err = f.br.ReadSlice('\n')
 		f.buf = append(f.buf, line...)
 	}
-	if err == io.EOF && len(f.buf) > 0 {
-		err = nil
+	return f.buf, cutLine(f.buf, err)
+}
+
+// cutLine is the error of a line read up to err: a response that ends,
+// even cleanly, in the middle of a line was cut (the server ends every
+// row with a newline), and the line is read again after a reconnect
+// rather than parsed. A last line that is whole JSON is taken.
+func cutLine(line []byte, err error) error {
+	if err == io.EOF && len(bytes.TrimSpace(line)) > 0 {
+		if json.Valid(line) {
+			return nil // a whole last row, its newline missing
+		}
+		return fmt.Errorf("the response ended in the middle of a row (%d bytes): %w", len(line), io.ErrUnexpectedEOF)
 	}
-	return f.buf, err
+	return err
 }
 
 // checkDB looks the database up before each connection: it catches bad
@@ -374,9 +388,9 @@ func (w *watchdog) explain(err error) error {
 
 // activityReader notes each read from the server.
 type activityReader struct {
-	r    io.Reader
-	w    *watchdog
-	last *atomic.Int64
+	r io.Reader
+	w *watchdog
+	s *Source
 }
 
 func (a *activityReader) Read(p []byte) (int, error) {
@@ -384,7 +398,49 @@ func (a *activityReader) Read(p []byte) (int, error) {
 	if n > 0 {
 		now := time.Now().UnixNano()
 		a.w.last.Store(now)
-		a.last.Store(now)
+		a.s.lastActivity.Store(now)
+		if a.s.failing.Load() {
+			a.s.feedFailed(nil)
+		}
 	}
 	return n, err
+}
+
+// feedFailed notes the outcome of a connection that ended with err
+// without the server sending anything: the feed is failing from the first
+// such connection on, until data arrives; nil says it delivers.
+func (s *Source) feedFailed(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		s.feedErr = nil
+		s.failing.Store(false)
+		return
+	}
+	if s.feedErr == nil {
+		s.failSince = time.Now()
+	}
+	s.feedErr = s.unreachable(err)
+	s.failing.Store(true)
+}
+
+// FeedError implements engine.FeedErrorer.
+func (s *Source) FeedError() (error, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.feedErr, s.failSince
+}
+
+// unreachable rewrites the error of a connection that could not be made
+// at all as "cannot reach HOST: …".
+func (s *Source) unreachable(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return fmt.Errorf("cannot reach %s: %v", s.shown.Host, op.Err)
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) {
+		return fmt.Errorf("cannot reach %s: %v", s.shown.Host, dns)
+	}
+	return err
 }

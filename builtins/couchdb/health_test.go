@@ -1,0 +1,134 @@
+package couchdb
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/internal/testenv"
+)
+
+// waitFeedError waits until the source's FeedError contains want.
+func waitFeedError(t *testing.T, src *Source, want string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err, since := src.FeedError()
+		if err != nil && strings.Contains(err.Error(), want) {
+			if since.IsZero() {
+				t.Fatalf("FeedError %v without the time it began", err)
+			}
+			if strings.Contains(err.Error(), "feed silent") {
+				t.Fatalf("FeedError %q", err)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("FeedError is %v, want it to contain %q", err, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestFeedUnreachable: a server that refuses connections is "cannot reach
+// HOST", and the feed delivers again, nothing lost, once it answers.
+func TestFeedUnreachable(t *testing.T) {
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	couch.CreateDB(t, "db")
+	proxy := testenv.StartFaultProxy(t, fmt.Sprintf("127.0.0.1:%d", couch.Port))
+	src := newTestSource(t, Config{URL: proxy.URL, DB: "db", Heartbeat: engine.Duration(200 * time.Millisecond)})
+	proxy.Set(t, testenv.Refuse)
+	r := startRun(t, src, "")
+	waitFeedError(t, src, "cannot reach "+proxy.Addr+": ")
+	couch.Put(t, "db", "a", nil)
+	proxy.Set(t, testenv.Pass)
+	if c := r.next(t); c.ID != "a" {
+		t.Fatalf("got %+v, want a", c)
+	}
+	if err, _ := src.FeedError(); err != nil {
+		t.Fatalf("FeedError is %v once the feed delivers", err)
+	}
+}
+
+// TestFeedStalledAfterHeaders: a feed that connects but never sends a
+// row or a heartbeat is failing, and does not count as activity.
+func TestFeedStalledAfterHeaders(t *testing.T) {
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	couch.CreateDB(t, "db")
+	proxy := testenv.StartFaultProxy(t, fmt.Sprintf("127.0.0.1:%d", couch.Port))
+	src := newTestSource(t, Config{URL: proxy.URL, DB: "db", Heartbeat: engine.Duration(100 * time.Millisecond)})
+	proxy.Set(t, testenv.StallAfterHeaders)
+	r := startRun(t, src, "")
+	waitFeedError(t, src, "no data from the server")
+	for proxy.Changes() < 3 {
+		time.Sleep(20 * time.Millisecond) // it keeps reconnecting
+	}
+	if !src.LastActivity().IsZero() {
+		t.Fatalf("LastActivity %v: connecting counted as activity", src.LastActivity())
+	}
+	couch.Put(t, "db", "a", nil)
+	proxy.Set(t, testenv.Pass)
+	if c := r.next(t); c.ID != "a" {
+		t.Fatalf("got %+v, want a", c)
+	}
+}
+
+// TestFeedCutMidRow: responses cut in the middle of a row are reconnected
+// and resumed: every change arrives once, none as an unreadable row.
+func TestFeedCutMidRow(t *testing.T) {
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	couch.CreateDB(t, "db")
+	proxy := testenv.StartFaultProxy(t, fmt.Sprintf("127.0.0.1:%d", couch.Port))
+	src := newTestSource(t, Config{URL: proxy.URL, DB: "db", Heartbeat: engine.Duration(200 * time.Millisecond)})
+	proxy.Set(t, testenv.CutMidRow)
+	for i := range 5 {
+		couch.Put(t, "db", fmt.Sprintf("d%d", i), nil)
+	}
+	r := startRun(t, src, "")
+	for proxy.Cuts() < 3 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	proxy.Set(t, testenv.Pass)
+	seen := map[string]int{}
+	for range 5 {
+		c := r.next(t)
+		if c.Err != nil {
+			t.Fatalf("a cut row came out as a change: %+v", c)
+		}
+		seen[c.ID]++
+	}
+	for i := range 5 {
+		if id := fmt.Sprintf("d%d", i); seen[id] != 1 {
+			t.Errorf("%s seen %d times", id, seen[id])
+		}
+	}
+	r.none(t, 300*time.Millisecond)
+}
+
+// TestFakeResponseEndsMidRow: a response that ends cleanly inside a row
+// is a reconnect from the last whole row, not a failed change.
+func TestFakeResponseEndsMidRow(t *testing.T) {
+	f := newFake(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		if n == 0 {
+			fmt.Fprint(w, `{"seq":1,"id":"a","changes":[{"rev":"1-a"}],"doc":{"_id":"a"}}`+"\n"+`{"seq":2,"id":"b","chan`)
+			return
+		}
+		if got := r.URL.Query().Get("since"); got != "1" {
+			t.Errorf("reconnected since %q, want 1", got)
+		}
+		fmt.Fprint(w, `{"seq":2,"id":"b","changes":[{"rev":"1-b"}],"doc":{"_id":"b"}}`+"\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	})
+	f.updateSeq = "2"
+	src := newTestSource(t, Config{URL: f.url(""), DB: "db"})
+	r := startRun(t, src, "")
+	for _, want := range []string{"a", "b"} {
+		if c := r.next(t); c.ID != want || c.Err != nil {
+			t.Fatalf("got %+v, want %s", c, want)
+		}
+	}
+}
