@@ -115,28 +115,36 @@ type leaseKeeper struct {
 	lost       context.Context
 	loseLease  context.CancelCauseFunc
 
-	mu     sync.Mutex
-	active bool
-	other  string // the holder a standby waits for
+	mu       sync.Mutex
+	active   bool
+	other    string // the holder a standby waits for
+	storeErr error  // why a standby cannot read the lease
 }
 
 func newLeaseKeeper(store LeaseStore, name, holder string, ttl time.Duration, log *slog.Logger) *leaseKeeper {
 	return &leaseKeeper{store: store, name: name, holder: holder, ttl: ttl, log: log.With("lease", name)}
 }
 
-// state returns whether the keeper holds the lease, and if not, who does.
-func (k *leaseKeeper) state() (active bool, holder string) {
+// state returns whether the keeper holds the lease, and if not, who does
+// and why the lease cannot be read, if it cannot.
+func (k *leaseKeeper) state() (active bool, holder string, storeErr error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.active {
-		return true, k.holder
+		return true, k.holder, nil
 	}
-	return false, k.other
+	return false, k.other, k.storeErr
 }
 
 func (k *leaseKeeper) setState(active bool, other string) {
 	k.mu.Lock()
-	k.active, k.other = active, other
+	k.active, k.other, k.storeErr = active, other, nil
+	k.mu.Unlock()
+}
+
+func (k *leaseKeeper) setStoreErr(err error) {
+	k.mu.Lock()
+	k.storeErr = err
 	k.mu.Unlock()
 }
 
@@ -168,6 +176,7 @@ func (k *leaseKeeper) acquire(ctx context.Context, wait bool) error {
 	var seenVersion, logged string
 	var seenAt time.Time
 	storeDown := false
+	k.setState(false, "")
 	for {
 		l, err := k.store.ReadLease(ctx, k.name)
 		if err == nil {
@@ -213,6 +222,7 @@ func (k *leaseKeeper) acquire(ctx context.Context, wait bool) error {
 				if errors.Is(err, ErrLeaseConflict) {
 					continue // someone else was faster: read again
 				}
+				k.setStoreErr(err)
 				k.log.Warn("taking the lease failed; retrying", "error", err)
 			} else {
 				k.setState(false, l.Holder)
@@ -221,9 +231,12 @@ func (k *leaseKeeper) acquire(ctx context.Context, wait bool) error {
 					logged = l.Holder
 				}
 			}
-		} else if ctx.Err() == nil && !storeDown {
-			k.log.Warn("reading the lease failed; retrying", "error", err)
-			storeDown = true
+		} else if ctx.Err() == nil {
+			k.setStoreErr(err)
+			if !storeDown {
+				k.log.Warn("reading the lease failed; retrying", "error", err)
+				storeDown = true
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -220,9 +220,17 @@ func (p *Pillow) Run(ctx context.Context) error {
 		since = p.opts.Since
 	}
 	for _, o := range s.outputs {
-		p.down.Store("sink "+o.Name, errNotOpen)
-	}
-	for _, o := range s.outputs {
+		// An Open that neither succeeds nor fails (a peer that never
+		// answers) makes the pillow unhealthy too.
+		var mu sync.Mutex
+		opened := false
+		slow := time.AfterFunc(slowOpen, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if !opened {
+				p.down.LoadOrStore("sink "+o.Name, errNotOpen)
+			}
+		})
 		err := p.tracked(ctx, p.log.With("sink", o.Name), "sink "+o.Name, "open sink", func() error {
 			err := o.Sink.Open(ctx)
 			if err != nil {
@@ -230,10 +238,12 @@ func (p *Pillow) Run(ctx context.Context) error {
 			}
 			return err
 		})
+		slow.Stop()
+		mu.Lock()
+		opened = true
+		p.down.Delete("sink " + o.Name)
+		mu.Unlock()
 		if err != nil {
-			for _, o := range s.outputs {
-				p.down.Delete("sink " + o.Name)
-			}
 			p.closeSinks()
 			return startErr(s.Name, "opening sink "+o.Name, err)
 		}
@@ -345,8 +355,11 @@ func (p *Pillow) Run(ctx context.Context) error {
 	return nil
 }
 
-// errNotOpen is a sink's health before its first successful Open.
+// errNotOpen is a sink's health when its first Open has not returned
+// after slowOpen.
 var errNotOpen = errors.New("not open yet")
+
+const slowOpen = time.Second
 
 // startErr is what Run returns when it could not start: nil when it was
 // stopped meanwhile, the error when it is permanent.

@@ -76,11 +76,14 @@ func (in *instance) status(ctx context.Context) PillowStatus {
 		}
 	default:
 		if in.lease != nil {
-			active, holder := in.lease.state()
+			active, holder, storeErr := in.lease.state()
 			st.Role, st.LeaseHolder = "active", holder
 			if !active {
 				st.Role = "standby"
-				break // healthy: it waits as it should
+				if storeErr != nil {
+					st.Reasons = append(st.Reasons, "cannot read the lease: "+storeErr.Error())
+				}
+				break // else healthy: it waits as it should
 			}
 		}
 		_, why := p.Health()
@@ -161,7 +164,7 @@ func (in *instance) watchLag(ctx context.Context) {
 		cp, _ := in.pillow.Stats.Checkpoint.Load().(string)
 		active := in.lease == nil
 		if !active {
-			active, _ = in.lease.state()
+			active, _, _ = in.lease.state()
 		}
 		if cp == "" || !active {
 			in.lag.reset()
