@@ -85,12 +85,14 @@ type Pillow struct {
 	lease *leaseKeeper
 	// errCount is the size of the pillow's error store, as last known.
 	errCount atomic.Int64
-	// startTime and checkpointTime are Unix nanoseconds.
-	startTime, checkpointTime atomic.Int64
+	// startTime, readTime (when the source started, 0 while it does not
+	// run) and checkpointTime are Unix nanoseconds.
+	startTime, readTime, checkpointTime atomic.Int64
 	lastSeqNum                int64 // numeric prefix of the last seq seen, for rewinds; batcher only
 }
 
 func (p *Pillow) started() time.Time      { return unixNano(p.startTime.Load()) }
+func (p *Pillow) reading() time.Time      { return unixNano(p.readTime.Load()) }
 func (p *Pillow) checkpointed() time.Time { return unixNano(p.checkpointTime.Load()) }
 
 func unixNano(n int64) time.Time {
@@ -268,6 +270,8 @@ func (p *Pillow) Run(ctx context.Context) error {
 	defer stopReading()
 	changes := make(chan Change, s.Batch.Size)
 	var srcErr error
+	p.readTime.Store(time.Now().UnixNano())
+	defer p.readTime.Store(0)
 	go func() {
 		defer close(changes)
 		srcErr = s.source.Run(read, since, changes)

@@ -90,8 +90,12 @@ func (in *instance) status(ctx context.Context) PillowStatus {
 		st.Reasons = append(st.Reasons, why...)
 		if fs, ok := in.spec.source.(FeedStatus); ok {
 			st.LastActivity = fs.LastActivity()
-			if why := feedProblem(fs, p.started()); why != "" {
-				st.Reasons = append(st.Reasons, why)
+			// The feed is judged once the pillow reads it (its sinks
+			// are open).
+			if reading := p.reading(); !reading.IsZero() {
+				if why := feedProblem(fs, reading); why != "" {
+					st.Reasons = append(st.Reasons, why)
+				}
 			}
 		}
 		if w := in.lagWindow(); w > 0 {

@@ -420,7 +420,10 @@ func (s *Source) feedFailed(err error) {
 	if s.feedErr == nil {
 		s.failSince = time.Now()
 	}
-	s.feedErr = s.unreachable(err)
+	if u := s.unreachable(err); u != err {
+		err = fmt.Errorf("couchdb %s: %w", s.display, u)
+	}
+	s.feedErr = err
 	s.failing.Store(true)
 }
 
@@ -432,7 +435,8 @@ func (s *Source) FeedError() (error, time.Time) {
 }
 
 // unreachable rewrites the error of a connection that could not be made
-// at all as "cannot reach HOST: …".
+// at all as "cannot reach HOST: …"; a store's error wraps it with its own
+// database, the feed's names the source's.
 func (s *Source) unreachable(err error) error {
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {

@@ -53,7 +53,7 @@ func (s *Source) ReadLease(ctx context.Context, name string) (engine.Lease, erro
 	case kivik.HTTPStatus(err) == http.StatusNotFound:
 		return engine.Lease{}, nil
 	case err != nil:
-		return engine.Lease{}, e.errorf("reading lease %s: %w", name, e.describe(err))
+		return engine.Lease{}, e.errorf("reading lease %s: %w", name, e.describe(s.unreachable(err)))
 	}
 	return engine.Lease{
 		Holder: d.Holder, TTL: time.Duration(d.TTLms) * time.Millisecond,
@@ -88,7 +88,7 @@ func (s *Source) WriteLease(ctx context.Context, name, prev string, l engine.Lea
 			}
 			continue
 		}
-		return "", e.errorf("writing lease %s: %w", name, e.describe(err))
+		return "", e.errorf("writing lease %s: %w", name, e.describe(s.unreachable(err)))
 	}
 }
 
