@@ -88,7 +88,7 @@ type Pillow struct {
 	// startTime, readTime (when the source started, 0 while it does not
 	// run) and checkpointTime are Unix nanoseconds.
 	startTime, readTime, checkpointTime atomic.Int64
-	lastSeqNum                int64 // numeric prefix of the last seq seen, for rewinds; batcher only
+	lastSeqNum                          int64 // numeric prefix of the last seq seen, for rewinds; batcher only
 }
 
 func (p *Pillow) started() time.Time      { return unixNano(p.startTime.Load()) }
