@@ -189,6 +189,7 @@ func (k *leaseKeeper) acquire(ctx context.Context, wait bool) error {
 				now := time.Now()
 				if l.Version != seenVersion {
 					if seenVersion != "" && !wait {
+						k.setState(false, l.Holder)
 						return fmt.Errorf("lease %s: %w (%s)", k.name, ErrLeaseHeld, l.Holder)
 					}
 					seenVersion, seenAt = l.Version, now
@@ -198,6 +199,11 @@ func (k *leaseKeeper) acquire(ctx context.Context, wait bool) error {
 					ttl = k.ttl
 				}
 				switch {
+				case !wait && !holderGone(l) && now.Sub(l.Renewed) < ttl:
+					// Renewed lately by its clock: alive, most likely
+					// (else its next renewal, watched for below, says so).
+					k.setState(false, l.Holder)
+					return fmt.Errorf("lease %s: %w (%s)", k.name, ErrLeaseHeld, l.Holder)
 				case holderGone(l):
 					free, why = true, "its holder "+l.Holder+" has exited"
 				case now.Sub(seenAt) > ttl:
