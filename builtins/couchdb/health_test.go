@@ -1,6 +1,7 @@
 package couchdb
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -130,5 +131,47 @@ func TestFakeResponseEndsMidRow(t *testing.T) {
 		if c := r.next(t); c.ID != want || c.Err != nil {
 			t.Fatalf("got %+v, want %s", c, want)
 		}
+	}
+}
+
+// TestLeaseStore: leases are documents of the errors database, created
+// with it, compare-and-swapped by _rev; the error store does not list them.
+func TestLeaseStore(t *testing.T) {
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	couch.CreateDB(t, "db")
+	src := newTestSource(t, Config{URL: couch.URL, DB: "db"})
+	ctx := t.Context()
+	if l, err := src.ReadLease(ctx, "p"); err != nil || l != (engine.Lease{}) {
+		t.Fatalf("unwritten lease: %+v, %v", l, err)
+	}
+	at := time.Now().UTC()
+	a := engine.Lease{Holder: "a:1:x", TTL: 3 * time.Second, Renewed: at, Space: "h/ns"}
+	v1, err := src.WriteLease(ctx, "p", "", a) // creates ptop_errors
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.WriteLease(ctx, "p", "", engine.Lease{Holder: "b:2:y"}); !errors.Is(err, engine.ErrLeaseConflict) {
+		t.Fatalf("second first write: %v", err)
+	}
+	got, err := src.ReadLease(ctx, "p")
+	if err != nil || got.Holder != a.Holder || got.TTL != a.TTL || !got.Renewed.Equal(at) || got.Space != a.Space || got.Version != v1 {
+		t.Fatalf("read %+v, %v; wrote %+v version %s", got, err, a, v1)
+	}
+	v2, err := src.WriteLease(ctx, "p", v1, a)
+	if err != nil || v2 == v1 {
+		t.Fatalf("renewal: %q, %v", v2, err)
+	}
+	if _, err := src.WriteLease(ctx, "p", v1, engine.Lease{Holder: "b:2:y"}); !errors.Is(err, engine.ErrLeaseConflict) {
+		t.Fatalf("write with a stale version: %v", err)
+	}
+	if _, ok := couch.Get(t, DefaultErrorsDB, "~lease:db:p"); !ok {
+		t.Fatal("no lease document ~lease:db:p")
+	}
+	es, _ := src.ErrorStore()
+	if entries, err := es.List(ctx, ""); err != nil || len(entries) != 0 {
+		t.Fatalf("the error store lists %v, %v", entries, err)
+	}
+	if n, err := es.Purge(ctx, "", nil); err != nil || n != 0 {
+		t.Fatalf("purge removed %d, %v", n, err)
 	}
 }

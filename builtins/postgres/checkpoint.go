@@ -21,7 +21,8 @@ type Checkpoints struct {
 
 	mu    sync.Mutex
 	pool  *pgxpool.Pool
-	ready bool // the table exists
+	ready      bool // the table exists
+	leaseReady bool // the lease table exists
 }
 
 // NewCheckpoints makes a checkpoint store from its configuration. It makes
