@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -116,6 +117,11 @@ func (f *follower) follow(ctx context.Context) (connected bool, err error) {
 	}
 	defer res.Body.Close()
 	if err := chttp.ResponseError(res); err != nil {
+		if kivik.HTTPStatus(err) == http.StatusNotFound && s.cfg.Filter != "" {
+			// The database was just found: what is missing is the filter.
+			return false, fatalError{s.errorf("filter %q does not exist: no design document %q with a function %q in its \"filters\": %w",
+				s.cfg.Filter, "_design/"+designName(s.cfg.Filter), filterName(s.cfg.Filter), err)}
+		}
 		return false, f.classify("opening the changes feed", err)
 	}
 	f.started = true
@@ -180,6 +186,17 @@ func (f *follower) readLine() ([]byte, error) {
 		f.buf = append(f.buf, line...)
 	}
 	return f.buf, cutLine(f.buf, err)
+}
+
+// designName and filterName split a filter "ddoc/name".
+func designName(filter string) string {
+	d, _, _ := strings.Cut(filter, "/")
+	return d
+}
+
+func filterName(filter string) string {
+	_, n, _ := strings.Cut(filter, "/")
+	return n
 }
 
 // cutLine is the error of a line read up to err: a response that ends,

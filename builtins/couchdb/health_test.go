@@ -175,3 +175,22 @@ func TestLeaseStore(t *testing.T) {
 		t.Fatalf("purge removed %d, %v", n, err)
 	}
 }
+
+// TestFeedMissingFilter: a design-document filter that does not exist is
+// named as such, not as a missing database.
+func TestFeedMissingFilter(t *testing.T) {
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	couch.CreateDB(t, "db")
+	for _, ddoc := range []map[string]any{nil, {"filters": map[string]any{"other": "function(doc){ return true; }"}}} {
+		if ddoc != nil {
+			couch.Put(t, "db", "_design/app", ddoc)
+		}
+		src := newTestSource(t, Config{URL: couch.URL, DB: "db", Filter: "app/nope"})
+		r := startRun(t, src, "")
+		err := r.wait(t, 10*time.Second)
+		want := fmt.Sprintf(`couchdb %s/db: filter "app/nope" does not exist: no design document "_design/app" with a function "nope" in its "filters": `, couch.URL)
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Fatalf("design doc %v: Run returned %v, want %s…", ddoc, err, want)
+		}
+	}
+}

@@ -19,8 +19,8 @@ type Checkpoints struct {
 	conn    string // server, database and user, as the sinks compare them
 	table   pgx.Identifier
 
-	mu    sync.Mutex
-	pool  *pgxpool.Pool
+	mu         sync.Mutex
+	pool       *pgxpool.Pool
 	ready      bool // the table exists
 	leaseReady bool // the lease table exists
 }
