@@ -270,8 +270,10 @@ func (s *Source) LoadCheckpoint(ctx context.Context, pillow string) (string, err
 	s.revs[id] = cp.Rev
 	s.mu.Unlock()
 	seq, err := seqString(cp.Seq)
-	if err != nil {
-		return "", s.errorf("checkpoint %s: %v", id, err)
+	if err != nil || (seq != "" && (!validSince(seq) || seq == "now")) {
+		// No retry cures it, whatever its JSON type.
+		return "", engine.Permanent(s.errorf("checkpoint %s holds seq %s, which is not a sequence id: "+
+			"delete the document to start from the pillow's since, or put a sequence id of the database in it", id, clip(cp.Seq)))
 	}
 	return seq, nil
 }

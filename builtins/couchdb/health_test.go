@@ -1,6 +1,7 @@
 package couchdb
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -191,6 +192,24 @@ func TestFeedMissingFilter(t *testing.T) {
 		want := fmt.Sprintf(`couchdb %s/db: filter "app/nope" does not exist: no design document "_design/app" with a function "nope" in its "filters": `, couch.URL)
 		if err == nil || !strings.HasPrefix(err.Error(), want) {
 			t.Fatalf("design doc %v: Run returned %v, want %s…", ddoc, err, want)
+		}
+	}
+}
+
+// TestCheckpointNotASequence: a checkpoint document whose seq is not a
+// sequence id, of whatever JSON type, is one clear permanent error.
+func TestCheckpointNotASequence(t *testing.T) {
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	couch.CreateDB(t, "db")
+	src := newTestSource(t, Config{URL: couch.URL, DB: "db"})
+	for _, bad := range []any{map[string]any{"a": 1}, "garbage", []any{1, "x"}, true} {
+		couch.Do(t, http.MethodDelete, "/db/_local/ptop-p", nil)
+		couch.Put(t, "db", "_local/ptop-p", map[string]any{"seq": bad})
+		raw, _ := json.Marshal(bad)
+		_, err := src.LoadCheckpoint(t.Context(), "p")
+		want := fmt.Sprintf("couchdb %s/db: checkpoint _local/ptop-p holds seq %s, which is not a sequence id: delete the document", couch.URL, clip(raw))
+		if err == nil || !engine.IsPermanent(err) || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("seq %s: %v (permanent %v), want %s…", raw, err, engine.IsPermanent(err), want)
 		}
 	}
 }
