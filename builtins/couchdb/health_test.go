@@ -1,13 +1,18 @@
 package couchdb
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dimagi/ptop/engine"
 	"github.com/dimagi/ptop/internal/testenv"
@@ -211,5 +216,64 @@ func TestCheckpointNotASequence(t *testing.T) {
 		if err == nil || !engine.IsPermanent(err) || !strings.HasPrefix(err.Error(), want) {
 			t.Errorf("seq %s: %v (permanent %v), want %s…", raw, err, engine.IsPermanent(err), want)
 		}
+	}
+}
+
+// TestRecreatedDatabaseOneRewind: a database created again behind a
+// running pillow is read again from its beginning, and counts as
+// one rewind.
+func TestRecreatedDatabaseOneRewind(t *testing.T) {
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	couch.CreateDB(t, "db")
+	putTyped(t, couch, "db", map[string]string{"a": "x", "b": "x", "c": "x", "d": "x", "e": "x"})
+	t.Setenv("TEST_COUCH_URL", couch.URL)
+	path := filepath.Join(t.TempDir(), "p.yaml")
+	pillow := "name: p\nsource:\n  couchdb:\n    url: ${TEST_COUCH_URL}\n    db: db\n    heartbeat: 200ms\nbatch: {size: 2, wait: 20ms}\nsinks:\n  - couchdbtest: {}\n"
+	if err := os.WriteFile(path, []byte(pillow), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec, err := engine.LoadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	p := engine.NewPillow(spec, engine.RunOptions{Log: testLogger(t), Metrics: engine.NewMetrics(reg)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	waitSeen := func(n int64) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); p.Stats.Seen.Load() < n; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d seen, want %d", p.Stats.Seen.Load(), n)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitSeen(5)
+	// The in-memory server restarts empty: the database is new. (A
+	// DELETE and PUT of the database under pouchdb-server leaves a
+	// running feed on the old one.)
+	couch.Kill(t)
+	couch.Restart(t)
+	couch.CreateDB(t, "db")
+	putTyped(t, couch, "db", map[string]string{"f": "x", "g": "x"})
+	waitSeen(7)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rewinds := -1.0
+	for _, mf := range mfs {
+		if mf.GetName() == "ptop_sequence_rewinds_total" {
+			rewinds = mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	if rewinds != 1 {
+		t.Fatalf("rewinds = %v, want 1", rewinds)
 	}
 }
