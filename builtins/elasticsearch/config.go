@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/internal/safeurl"
 )
 
 // Config is the YAML under `- elasticsearch: …` in sinks.
@@ -120,13 +121,9 @@ func resolve(dir, path string) string {
 
 // parseURL checks a server URL; the message never repeats a password.
 func parseURL(s string) (*url.URL, string) {
-	u, err := url.Parse(s)
+	u, err := safeurl.Parse(s)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return nil, "invalid url: " + err.Error()
+		return nil, err.Error()
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return nil, fmt.Sprintf("invalid url %q: use http:// or https://", u.Redacted())
