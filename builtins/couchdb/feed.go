@@ -256,6 +256,9 @@ func (f *follower) classify(doing string, err error) error {
 		return fatalError{s.errorf("%s: %w", doing, s.describe(err))}
 	case status == http.StatusNotFound && !f.started:
 		return fatalError{s.errorf("database %q does not exist: %w", s.cfg.DB, err)}
+	case status == http.StatusBadRequest && isInteger(f.seq) && f.seq != "0":
+		return fatalError{s.errorf("%s: the server rejected the request (since %q): %w; "+
+			"CouchDB 2+ takes no bare integer but \"0\": use \"0\", now, or a sequence id the server gave (\"42-g1AAAA…\")", doing, f.seq, err)}
 	case status == http.StatusBadRequest:
 		return fatalError{s.errorf("%s: the server rejected the request (since %q): %w", doing, f.seq, err)}
 	}
