@@ -320,7 +320,9 @@ func (k *leaseKeeper) hold(ctx context.Context, wait bool) (release func(), err 
 	if err := k.acquire(ctx, wait); err != nil {
 		return nil, err
 	}
-	rctx, stop := context.WithCancel(ctx)
+	// Renewals go on after ctx is done, while the pillow drains, until
+	// release.
+	rctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -241,5 +242,49 @@ func TestLeaseFenceWhenStoreDown(t *testing.T) {
 	defer mu.Unlock()
 	if len(late) > 0 {
 		t.Fatalf("writes after the lease could have passed to another process: %v", late)
+	}
+}
+
+// slowSink takes delay per write once slow is set.
+type slowSink struct {
+	memSink
+	slow  atomic.Bool
+	delay time.Duration
+}
+
+func (s *slowSink) Write(ctx context.Context, rs []Record) error {
+	if s.slow.Load() {
+		time.Sleep(s.delay)
+	}
+	return s.memSink.Write(ctx, rs)
+}
+
+// TestLeaseRenewedWhileDraining: a stop drains for longer than the lease's
+// ttl; the lease is renewed meanwhile, so the drain writes and
+// checkpoints everything read.
+func TestLeaseRenewedWhileDraining(t *testing.T) {
+	store := &memLeases{}
+	const ttl = 300 * time.Millisecond
+	sink := &slowSink{delay: ttl}
+	src := newLogSource()
+	r := NewRunner(RunOptions{Checkpoints: store, Log: quietLog(), LeaseTTL: ttl, DrainTimeout: time.Minute})
+	r.Apply([]*Spec{testSpec(t, "", "", src, sink)})
+	waitStatus(t, r, "active", func(st PillowStatus) bool { return st.Role == "active" })
+	sink.slow.Store(true)
+	var last int
+	for range 9 { // three batches of three, ttl each
+		last = src.add()
+	}
+	for r.Pillows()["test"].Stats.Seen.Load() < int64(last) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := r.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := store.get(); got != strconv.Itoa(last) {
+		t.Fatalf("checkpoint %q after the drain, want %d", got, last)
+	}
+	if l, _ := store.ReadLease(context.Background(), "test"); l.Holder != "" {
+		t.Fatalf("lease still held by %q after the stop", l.Holder)
 	}
 }
