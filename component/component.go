@@ -205,10 +205,20 @@ type DocReader interface {
 // health checks can tell a quiet feed from a dead one.
 type FeedStatus interface {
 	// LastActivity is when the feed last sent anything, a change or a
-	// heartbeat; zero before it first connects.
+	// heartbeat; zero before it first does. Connecting is not activity: a
+	// feed that connects and then says nothing is not alive.
 	LastActivity() time.Time
 	// StallAfter is how long a live feed may stay silent.
 	StallAfter() time.Duration
+}
+
+// FeedErrorer is implemented by sources that follow a live feed and can
+// say why it is not connected.
+type FeedErrorer interface {
+	// FeedError returns the error of the last connection attempt and when
+	// the attempts began to fail, or nil while the feed is connected and
+	// delivering. The error names what to fix ("cannot reach HOST: …").
+	FeedError() (err error, since time.Time)
 }
 
 // PendingCounter is implemented by sources that can tell how far behind a

@@ -26,6 +26,7 @@ type (
 	ErrorStoreProvider = component.ErrorStoreProvider
 	DocReader          = component.DocReader
 	FeedStatus         = component.FeedStatus
+	FeedErrorer        = component.FeedErrorer
 	PendingCounter     = component.PendingCounter
 	CheckpointTimer    = component.CheckpointTimer
 	LogErrorStore      = component.LogErrorStore

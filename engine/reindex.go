@@ -23,6 +23,15 @@ type ReindexOptions struct {
 	// flipping: "flipped" (the flips happened: catch up) or "restart"
 	// (rebuild from the start).
 	Resume string
+	// LeaseTTL, when positive and the checkpoint store keeps leases, makes
+	// the reindex hold the lease NAME.reindex while it runs: a second
+	// reindex of the pillow refuses to start rather than share the
+	// reindex's checkpoints and shadow destinations.
+	LeaseTTL time.Duration
+	// Holder names this process in the lease; default NewHolder().
+	Holder string
+
+	lease *leaseKeeper
 }
 
 // flipping marks the catch-up checkpoint while the flips are under way.
@@ -81,6 +90,22 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 		return fmt.Errorf("pillow %s: none of its sinks (%s) can be rebuilt by a reindex; the README's reindex section says which can", s.Name, strings.Join(names, ", "))
 	}
 	rebuildName, catchupName := s.Name+".reindex", s.Name+".reindex-catchup"
+	if ls, ok := s.cps.(LeaseStore); ok && opts.LeaseTTL > 0 {
+		if opts.Holder == "" {
+			opts.Holder = NewHolder()
+		}
+		k := newLeaseKeeper(ls, rebuildName, opts.Holder, opts.LeaseTTL, log)
+		release, err := k.hold(ctx, false)
+		if errors.Is(err, ErrLeaseHeld) {
+			_, holder, _ := k.state()
+			return fmt.Errorf("pillow %s: another reindex of it is running (%s); wait for it to end or stop it", s.Name, holder)
+		}
+		if err != nil {
+			return fmt.Errorf("pillow %s: taking the reindex's lease: %w", s.Name, err)
+		}
+		defer release()
+		opts.lease = k
+	}
 	catchupAt, err := s.cps.LoadCheckpoint(ctx, catchupName)
 	if err != nil {
 		return fmt.Errorf("pillow %s: %w", s.Name, err)
@@ -127,6 +152,9 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 		// The flips are not interrupted by ctx: a half-done flip is worse
 		// than a late exit.
 		flipCtx := context.WithoutCancel(ctx)
+		if err := opts.lease.check(); err != nil {
+			return fmt.Errorf("pillow %s: %w", s.Name, err)
+		}
 		for i, r := range rebuild {
 			what, err := r.Promote(flipCtx, opts.KeepOld)
 			if err != nil {
@@ -163,6 +191,7 @@ func runUntil(ctx context.Context, s *Spec, sinks []NamedSink, cpName string, ta
 	rs := *s
 	rs.outputs = sinks
 	p := NewPillow(&rs, RunOptions{Log: opts.Log, Metrics: opts.Metrics, CheckpointName: cpName, Since: "0", NoRetries: true})
+	p.lease = opts.lease
 	p.txSink = ""
 	for _, o := range sinks {
 		if ts, ok := o.Sink.(TransactionalSink); ok && ts.SharesStore(p.cps) {

@@ -10,7 +10,7 @@ import (
 func (p *Pillow) loadFailed(ctx context.Context) error {
 	p.failed = map[string]bool{}
 	var entries []ErrorEntry
-	err := retry(ctx, p.log, "read the error store", func() error {
+	err := p.tracked(ctx, p.log, "error store", "read the error store", func() error {
 		var err error
 		entries, err = p.errs.List(ctx, p.Spec.Name)
 		return err
@@ -31,7 +31,7 @@ func (p *Pillow) loadFailed(ctx context.Context) error {
 // recordFailure stores f in the error store, retrying until it is stored:
 // the checkpoint must not pass a change whose failure is not recorded.
 func (p *Pillow) recordFailure(ctx context.Context, f Failure) error {
-	return retry(ctx, p.log, "record failure", func() error {
+	return p.tracked(ctx, p.log, "error store", "record failure", func() error {
 		e, err := p.errs.Record(ctx, f, p.Spec.Errors.Next)
 		if err != nil {
 			return err
@@ -64,7 +64,7 @@ func (p *Pillow) clearSucceeded(ctx context.Context, b *batch) error {
 		if !p.failed[c.ID] || bad[c.ID] {
 			continue
 		}
-		err := retry(ctx, p.log, "clear error", func() error { return p.errs.Clear(ctx, p.Spec.Name, c.ID) })
+		err := p.tracked(ctx, p.log, "error store", "clear error", func() error { return p.errs.Clear(ctx, p.Spec.Name, c.ID) })
 		if err != nil {
 			return err
 		}

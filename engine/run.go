@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,6 +43,15 @@ type RunOptions struct {
 	// written by then is not checkpointed either, and is read again on the
 	// next start. Default 10s.
 	DrainTimeout time.Duration
+	// LeaseTTL, when positive, makes a pillow run only while this process
+	// holds its lease (see LeaseStore), when its checkpoint store keeps
+	// leases: another process running the pillow waits as a standby.
+	LeaseTTL time.Duration
+	// Holder names this process in leases; default NewHolder().
+	Holder string
+	// LagWindow is how long the pending changes may keep growing before the
+	// pillow is unhealthy ("falling behind"); default 3m, negative: never.
+	LagWindow time.Duration
 }
 
 // Stats are a running pillow's counters.
@@ -65,21 +75,28 @@ type Pillow struct {
 	// failed holds the ids of documents with an entry in the error store,
 	// so that a later success clears it. Only the write stage uses it.
 	failed map[string]bool
-	// down holds, by sink name, the error of a sink that is failing whole
-	// batches: the pillow is unhealthy until it recovers.
+	// down holds, by what failed ("sink NAME", "error store", "opening
+	// sink NAME", …), the error of a step the pillow is retrying: the
+	// pillow is unhealthy until it succeeds.
 	down sync.Map
 	// retrying holds the ids of documents the retrier has sent and whose
 	// batch is not yet written: they are not sent again meanwhile, so an
 	// entry never gets more than max_attempts attempts.
 	retrying sync.Map
+	// lease, when set, is the lease the pillow runs under: once it is lost
+	// (or about to expire unrenewed), writes and checkpoints stop at once,
+	// without a drain.
+	lease *leaseKeeper
 	// errCount is the size of the pillow's error store, as last known.
 	errCount atomic.Int64
-	// startTime and checkpointTime are Unix nanoseconds.
-	startTime, checkpointTime atomic.Int64
-	lastSeqNum                int64 // numeric prefix of the last seq seen, for rewinds; batcher only
+	// startTime, readTime (when the source started, 0 while it does not
+	// run) and checkpointTime are Unix nanoseconds.
+	startTime, readTime, checkpointTime atomic.Int64
+	lastSeqNum                          int64 // numeric prefix of the last seq seen, for rewinds; batcher only
 }
 
 func (p *Pillow) started() time.Time      { return unixNano(p.startTime.Load()) }
+func (p *Pillow) reading() time.Time      { return unixNano(p.readTime.Load()) }
 func (p *Pillow) checkpointed() time.Time { return unixNano(p.checkpointTime.Load()) }
 
 func unixNano(n int64) time.Time {
@@ -93,10 +110,25 @@ func unixNano(n int64) time.Time {
 // not, why.
 func (p *Pillow) Health() (ok bool, reasons []string) {
 	p.down.Range(func(k, v any) bool {
-		reasons = append(reasons, fmt.Sprintf("sink %s: %v", k, v))
+		reasons = append(reasons, fmt.Sprintf("%s: %v", k, v))
 		return true
 	})
+	sort.Strings(reasons)
 	return len(reasons) == 0, reasons
+}
+
+// tracked is retry that keeps the pillow unhealthy, with label and the
+// last error as the reason, from the first failure until f succeeds.
+func (p *Pillow) tracked(ctx context.Context, log *slog.Logger, label, what string, f func() error) error {
+	err := retry(ctx, log, what, func() error {
+		err := f()
+		if err != nil && !IsPermanent(err) {
+			p.down.Store(label, err)
+		}
+		return err
+	})
+	p.down.Delete(label)
+	return err
 }
 
 // NewPillow prepares spec to run.
@@ -170,13 +202,18 @@ func (p *Pillow) Run(ctx context.Context) error {
 		context.AfterFunc(work, func() { t.Stop() })
 	})
 	defer stopDrain()
+	if p.lease != nil {
+		defer context.AfterFunc(p.lease.lost, cancelWork)()
+	}
 
 	p.startTime.Store(time.Now().UnixNano())
+	p.checkpointTime.Store(0)
+	p.down.Clear()
 	p.lastSeqNum = -1
 	since := ""
 	if p.cps != nil {
 		var err error
-		err = retry(ctx, p.log, "load checkpoint", func() error {
+		err = p.tracked(ctx, p.log, "loading the checkpoint", "load checkpoint", func() error {
 			since, err = p.cps.LoadCheckpoint(ctx, p.opts.CheckpointName)
 			return err
 		})
@@ -189,7 +226,30 @@ func (p *Pillow) Run(ctx context.Context) error {
 		since = p.opts.Since
 	}
 	for _, o := range s.outputs {
-		if err := retry(ctx, p.log.With("sink", o.Name), "open sink", func() error { return o.Sink.Open(ctx) }); err != nil {
+		// An Open that neither succeeds nor fails (a peer that never
+		// answers) makes the pillow unhealthy too.
+		var mu sync.Mutex
+		opened := false
+		slow := time.AfterFunc(slowOpen, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if !opened {
+				p.down.LoadOrStore("sink "+o.Name, errNotOpen)
+			}
+		})
+		err := p.tracked(ctx, p.log.With("sink", o.Name), "sink "+o.Name, "open sink", func() error {
+			err := o.Sink.Open(ctx)
+			if err != nil {
+				err = fmt.Errorf("not open: %w", err)
+			}
+			return err
+		})
+		slow.Stop()
+		mu.Lock()
+		opened = true
+		p.down.Delete("sink " + o.Name)
+		mu.Unlock()
+		if err != nil {
 			p.closeSinks()
 			return startErr(s.Name, "opening sink "+o.Name, err)
 		}
@@ -214,6 +274,8 @@ func (p *Pillow) Run(ctx context.Context) error {
 	defer stopReading()
 	changes := make(chan Change, s.Batch.Size)
 	var srcErr error
+	p.readTime.Store(time.Now().UnixNano())
+	defer p.readTime.Store(0)
 	go func() {
 		defer close(changes)
 		srcErr = s.source.Run(read, since, changes)
@@ -240,6 +302,9 @@ func (p *Pillow) Run(ctx context.Context) error {
 	go func() {
 		defer close(cpDone)
 		for seq := range cpCh {
+			if err := p.lease.check(); err != nil {
+				continue
+			}
 			if err := p.cps.SaveCheckpoint(work, p.opts.CheckpointName, seq); err != nil {
 				p.log.Warn("checkpoint not saved; the next one will cover it", "seq", seq, "error", err)
 				continue
@@ -284,6 +349,10 @@ func (p *Pillow) Run(ctx context.Context) error {
 	close(cpCh)
 	<-cpDone
 	if writeErr != nil {
+		if errors.Is(writeErr, ErrLeaseLost) {
+			p.log.Warn("stopped writing: the lease is lost; what was read is read again by the new holder", "error", writeErr)
+			return writeErr
+		}
 		if IsPermanent(writeErr) {
 			return fmt.Errorf("pillow %s: %w", s.Name, writeErr)
 		}
@@ -296,6 +365,12 @@ func (p *Pillow) Run(ctx context.Context) error {
 	p.log.Info("pillow stopped", "checkpoint", p.Stats.Checkpoint.Load())
 	return nil
 }
+
+// errNotOpen is a sink's health when its first Open has not returned
+// after slowOpen.
+var errNotOpen = errors.New("not open yet")
+
+const slowOpen = time.Second
 
 // startErr is what Run returns when it could not start: nil when it was
 // stopped meanwhile, the error when it is permanent.
@@ -521,6 +596,9 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 // own transaction goes last, once the others have acknowledged the batch
 // and its failures are recorded. It fails only when ctx ends first.
 func (p *Pillow) write(ctx context.Context, b *batch) error {
+	if err := p.lease.check(); err != nil {
+		return err
+	}
 	var mu sync.Mutex
 	writeTo := func(o NamedSink) error {
 		start := time.Now()
@@ -528,6 +606,9 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 			p.opts.Metrics.writeSeconds.WithLabelValues(p.Spec.Name, o.Name).Observe(time.Since(start).Seconds())
 		}()
 		return retry(ctx, p.log.With("sink", o.Name), "write", func() error {
+			if err := p.lease.check(); err != nil {
+				return Permanent(err)
+			}
 			var err error
 			if ts, ok := o.Sink.(TransactionalSink); ok && o.Name == p.txSink {
 				err = ts.WriteCheckpointed(ctx, b.records, p.opts.CheckpointName, b.lastSeq)
@@ -551,9 +632,9 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 				err = nil
 			}
 			if err != nil {
-				p.down.Store(o.Name, err)
+				p.down.Store("sink "+o.Name, err)
 			} else {
-				p.down.Delete(o.Name)
+				p.down.Delete("sink " + o.Name)
 			}
 			return err
 		})

@@ -29,7 +29,9 @@ type instance struct {
 	pillow *Pillow
 	cancel context.CancelFunc
 	done   chan struct{}
-	err    error // set before done closes
+	err    error        // set before done closes
+	lease  *leaseKeeper // nil: the pillow runs without a lease
+	lag    lagWatch
 }
 
 // Reload is the outcome of applying a set of pillows.
@@ -46,6 +48,9 @@ func NewRunner(opts RunOptions) *Runner {
 	}
 	if opts.Metrics == nil {
 		opts.Metrics = NewMetrics(nil)
+	}
+	if opts.Holder == "" {
+		opts.Holder = NewHolder()
 	}
 	return &Runner{opts: opts, log: opts.Log, running: map[string]*instance{}, ended: make(chan struct{}, 1)}
 }
@@ -141,9 +146,13 @@ func (in *instance) failed() bool {
 func (r *Runner) start(s *Spec) {
 	ctx, cancel := context.WithCancel(context.Background())
 	in := &instance{spec: s, pillow: NewPillow(s, r.opts), cancel: cancel, done: make(chan struct{})}
+	if ls, ok := in.pillow.cps.(LeaseStore); ok && r.opts.LeaseTTL > 0 {
+		in.lease = newLeaseKeeper(ls, s.Name, r.opts.Holder, r.opts.LeaseTTL, in.pillow.log)
+		in.pillow.lease = in.lease
+	}
 	r.running[s.Name] = in
 	go func() {
-		in.err = in.pillow.Run(ctx)
+		in.err = in.run(ctx)
 		if in.err != nil {
 			r.log.Error("pillow failed", "pillow", s.Name, "error", in.err)
 		}
@@ -153,6 +162,35 @@ func (r *Runner) start(s *Spec) {
 		default:
 		}
 	}()
+}
+
+// run runs the pillow; under a lease, each time the process holds it,
+// going back to standby when it is lost.
+func (in *instance) run(ctx context.Context) error {
+	go in.watchLag(ctx)
+	if in.lease == nil {
+		return in.pillow.Run(ctx)
+	}
+	for {
+		release, err := in.lease.hold(ctx, true)
+		if err != nil {
+			return nil // stopped while waiting
+		}
+		runCtx, cancel := context.WithCancel(ctx)
+		stop := context.AfterFunc(in.lease.lost, cancel)
+		err = in.pillow.Run(runCtx)
+		stop()
+		cancel()
+		lost := in.lease.lost.Err() != nil
+		release()
+		if ctx.Err() != nil || !lost {
+			if errors.Is(err, ErrLeaseLost) {
+				err = nil
+			}
+			return err
+		}
+		in.pillow.log.Warn("back to standby: this process no longer holds the lease")
+	}
 }
 
 // Pillows returns the running pillows by name.

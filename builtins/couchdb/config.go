@@ -2,11 +2,11 @@ package couchdb
 
 import (
 	"fmt"
-	"net/url"
 	"strings"
 	"time"
 
 	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/internal/safeurl"
 )
 
 // Config is the YAML under `source: {couchdb: …}`.
@@ -117,12 +117,9 @@ func checkDBName(name string) string {
 // checkURL returns what is wrong with a server URL, never repeating its
 // password, or "".
 func checkURL(s string) string {
-	u, err := url.Parse(s)
+	u, err := safeurl.Parse(s)
 	if err != nil {
-		if ue, ok := err.(*url.Error); ok {
-			err = ue.Err
-		}
-		return "invalid url: " + err.Error()
+		return err.Error()
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return "invalid url " + quote(u.Redacted()) + ": use http:// or https://"

@@ -84,6 +84,13 @@ type Source struct {
 	revs map[string]string // _local doc id → last known _rev
 
 	lastActivity atomic.Int64 // unix nanoseconds of the last bytes from the feed
+
+	// feedErr is why the feed is failing (connections that end before the
+	// server sends anything), since failSince; nil while it delivers.
+	// failing mirrors feedErr != nil for the reader. Under mu.
+	feedErr   error
+	failSince time.Time
+	failing   atomic.Bool
 }
 
 // New makes a source from its configuration. It makes no network call.
@@ -263,8 +270,10 @@ func (s *Source) LoadCheckpoint(ctx context.Context, pillow string) (string, err
 	s.revs[id] = cp.Rev
 	s.mu.Unlock()
 	seq, err := seqString(cp.Seq)
-	if err != nil {
-		return "", s.errorf("checkpoint %s: %v", id, err)
+	if err != nil || (seq != "" && (!validSince(seq) || seq == "now")) {
+		// No retry cures it, whatever its JSON type.
+		return "", engine.Permanent(s.errorf("checkpoint %s holds seq %s, which is not a sequence id: "+
+			"delete the document to start from the pillow's since, or put a sequence id of the database in it", id, clip(cp.Seq)))
 	}
 	return seq, nil
 }
@@ -373,6 +382,7 @@ func (s *Source) describe(err error) error {
 // Interface guards.
 var (
 	_ engine.FeedStatus         = (*Source)(nil)
+	_ engine.FeedErrorer        = (*Source)(nil)
 	_ engine.PendingCounter     = (*Source)(nil)
 	_ engine.CheckpointTimer    = (*Source)(nil)
 	_ engine.Source             = (*Source)(nil)

@@ -425,7 +425,8 @@ func TestFakeFatal(t *testing.T) {
 		{"wrong password on the feed", 0, 401, "0", "opening the changes feed: unauthorized (401): check the credentials in the url, or COUCH_USER and COUCH_PASSWORD: Unauthorized: Name or password is incorrect."},
 		{"forbidden", 403, 0, "0", "looking up the database: forbidden (403): the user may not read this database: Forbidden: You are not allowed to access this db."},
 		{"missing database", 404, 0, "0", `database "db" does not exist: Not Found: Database does not exist.`},
-		{"bad since", 0, 400, "2", `opening the changes feed: the server rejected the request (since "2"): Bad Request: Malformed sequence supplied in 'since' parameter.`},
+		{"bare integer since", 0, 400, "2", `opening the changes feed: the server rejected the request (since "2"): Bad Request: Malformed sequence supplied in 'since' parameter.; CouchDB 2+ takes no bare integer but "0": use "0", now, or a sequence id the server gave ("42-g1AAAA…")`},
+		{"bad since", 0, 400, "2-x", `opening the changes feed: the server rejected the request (since "2-x"): Bad Request: Malformed sequence supplied in 'since' parameter.`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

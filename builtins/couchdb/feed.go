@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -52,9 +54,15 @@ func (s *Source) Run(ctx context.Context, since string, out chan<- engine.Change
 	}
 	delay := minBackoff
 	for attempt := 1; ; attempt++ {
+		began := time.Now().UnixNano()
 		connected, err := f.follow(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if s.lastActivity.Load() >= began || errors.Is(err, errFeedEnded) {
+			s.feedFailed(nil) // it delivered
+		} else {
+			s.feedFailed(err)
 		}
 		var fatal fatalError
 		if errors.As(err, &fatal) {
@@ -109,6 +117,11 @@ func (f *follower) follow(ctx context.Context) (connected bool, err error) {
 	}
 	defer res.Body.Close()
 	if err := chttp.ResponseError(res); err != nil {
+		if kivik.HTTPStatus(err) == http.StatusNotFound && s.cfg.Filter != "" {
+			// The database was just found: what is missing is the filter.
+			return false, fatalError{s.errorf("filter %q does not exist: no design document %q with a function %q in its \"filters\": %w",
+				s.cfg.Filter, "_design/"+designName(s.cfg.Filter), filterName(s.cfg.Filter), err)}
+		}
 		return false, f.classify("opening the changes feed", err)
 	}
 	f.started = true
@@ -118,8 +131,7 @@ func (f *follower) follow(ctx context.Context) (connected bool, err error) {
 		// one resumes from where this one started, not from a later now.
 		f.seq = updateSeq
 	}
-	s.lastActivity.Store(time.Now().UnixNano())
-	body := &activityReader{r: res.Body, w: w, last: &s.lastActivity}
+	body := &activityReader{r: res.Body, w: w, s: s}
 	if f.br == nil {
 		f.br = bufio.NewReaderSize(body, 64<<10)
 	} else {
@@ -175,20 +187,39 @@ func (f *follower) readLine() ([]byte, error) {
 	}
 	line, err := f.br.ReadSlice('\n')
 	if err != bufio.ErrBufferFull {
-		if err == io.EOF && len(line) > 0 {
-			return line, nil // a last line without newline
-		}
-		return line, err
+		return line, cutLine(line, err)
 	}
 	f.buf = append(f.buf[:0], line...)
 	for err == bufio.ErrBufferFull {
 		line, err = f.br.ReadSlice('\n')
 		f.buf = append(f.buf, line...)
 	}
-	if err == io.EOF && len(f.buf) > 0 {
-		err = nil
+	return f.buf, cutLine(f.buf, err)
+}
+
+// designName and filterName split a filter "ddoc/name".
+func designName(filter string) string {
+	d, _, _ := strings.Cut(filter, "/")
+	return d
+}
+
+func filterName(filter string) string {
+	_, n, _ := strings.Cut(filter, "/")
+	return n
+}
+
+// cutLine is the error of a line read up to err: a response that ends,
+// even cleanly, in the middle of a line was cut (the server ends every
+// row with a newline), and the line is read again after a reconnect
+// rather than parsed. A last line that is whole JSON is taken.
+func cutLine(line []byte, err error) error {
+	if err == io.EOF && len(bytes.TrimSpace(line)) > 0 {
+		if json.Valid(line) {
+			return nil // a whole last row, its newline missing
+		}
+		return fmt.Errorf("the response ended in the middle of a row (%d bytes): %w", len(line), io.ErrUnexpectedEOF)
 	}
-	return f.buf, err
+	return err
 }
 
 // checkDB looks the database up before each connection: it catches bad
@@ -234,6 +265,9 @@ func (f *follower) classify(doing string, err error) error {
 		return fatalError{s.errorf("%s: %w", doing, s.describe(err))}
 	case status == http.StatusNotFound && !f.started:
 		return fatalError{s.errorf("database %q does not exist: %w", s.cfg.DB, err)}
+	case status == http.StatusBadRequest && isInteger(f.seq) && f.seq != "0":
+		return fatalError{s.errorf("%s: the server rejected the request (since %q): %w; "+
+			"CouchDB 2+ takes no bare integer but \"0\": use \"0\", now, or a sequence id the server gave (\"42-g1AAAA…\")", doing, f.seq, err)}
 	case status == http.StatusBadRequest:
 		return fatalError{s.errorf("%s: the server rejected the request (since %q): %w", doing, f.seq, err)}
 	}
@@ -383,9 +417,9 @@ func (w *watchdog) explain(err error) error {
 
 // activityReader notes each read from the server.
 type activityReader struct {
-	r    io.Reader
-	w    *watchdog
-	last *atomic.Int64
+	r io.Reader
+	w *watchdog
+	s *Source
 }
 
 func (a *activityReader) Read(p []byte) (int, error) {
@@ -393,7 +427,53 @@ func (a *activityReader) Read(p []byte) (int, error) {
 	if n > 0 {
 		now := time.Now().UnixNano()
 		a.w.last.Store(now)
-		a.last.Store(now)
+		a.s.lastActivity.Store(now)
+		if a.s.failing.Load() {
+			a.s.feedFailed(nil)
+		}
 	}
 	return n, err
+}
+
+// feedFailed notes the outcome of a connection that ended with err
+// without the server sending anything: the feed is failing from the first
+// such connection on, until data arrives; nil says it delivers.
+func (s *Source) feedFailed(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		s.feedErr = nil
+		s.failing.Store(false)
+		return
+	}
+	if s.feedErr == nil {
+		s.failSince = time.Now()
+	}
+	if u := s.unreachable(err); u != err {
+		err = fmt.Errorf("couchdb %s: %w", s.display, u)
+	}
+	s.feedErr = err
+	s.failing.Store(true)
+}
+
+// FeedError implements engine.FeedErrorer.
+func (s *Source) FeedError() (error, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.feedErr, s.failSince
+}
+
+// unreachable rewrites the error of a connection that could not be made
+// at all as "cannot reach HOST: …"; a store's error wraps it with its own
+// database, the feed's names the source's.
+func (s *Source) unreachable(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return fmt.Errorf("cannot reach %s: %v", s.shown.Host, op.Err)
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) {
+		return fmt.Errorf("cannot reach %s: %v", s.shown.Host, dns)
+	}
+	return err
 }

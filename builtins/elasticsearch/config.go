@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/internal/safeurl"
 	"github.com/dimagi/ptop/internal/tlsconf"
 )
 
@@ -97,13 +98,9 @@ func resolve(dir, path string) string { return tlsconf.Resolve(dir, path) }
 
 // parseURL checks a server URL; the message never repeats a password.
 func parseURL(s string) (*url.URL, string) {
-	u, err := url.Parse(s)
+	u, err := safeurl.Parse(s)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return nil, "invalid url: " + err.Error()
+		return nil, err.Error()
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return nil, fmt.Sprintf("invalid url %q: use http:// or https://", u.Redacted())

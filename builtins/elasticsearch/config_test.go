@@ -46,7 +46,7 @@ func TestConfigErrors(t *testing.T) {
 		{
 			name: "unparsable url",
 			sink: "  - elasticsearch: {url: \"http://es:port\", index: x}\n",
-			want: []string{`5:26: invalid url: invalid port ":port" after host`},
+			want: []string{`5:26: invalid url: the port is not a number`},
 		},
 		{
 			name: "bad index names",

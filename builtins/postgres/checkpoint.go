@@ -19,9 +19,10 @@ type Checkpoints struct {
 	conn    string // server, database and user, as the sinks compare them
 	table   pgx.Identifier
 
-	mu    sync.Mutex
-	pool  *pgxpool.Pool
-	ready bool // the table exists
+	mu         sync.Mutex
+	pool       *pgxpool.Pool
+	ready      bool // the table exists
+	leaseReady bool // the lease table exists
 }
 
 // NewCheckpoints makes a checkpoint store from its configuration. It makes

@@ -498,3 +498,47 @@ func TestClassify(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseStore: leases are compare-and-swapped: a write with a stale
+// version is a conflict, as is a first write of a lease that exists.
+func TestLeaseStore(t *testing.T) {
+	t.Parallel()
+	pg := testenv.SharedPostgres(t)
+	dsn := pg.NewDatabase(t)
+	c, err := NewCheckpoints(&CheckpointConfig{DSN: dsn, Table: "meta.cps"}, engine.BuildContext{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cps := c.(*Checkpoints)
+	defer cps.Close()
+	ctx := context.Background()
+	if l, err := cps.ReadLease(ctx, "p"); err != nil || l != (engine.Lease{}) {
+		t.Fatalf("unwritten lease: %+v, %v", l, err)
+	}
+	at := time.Now().UTC().Truncate(time.Microsecond)
+	a := engine.Lease{Holder: "a:1:x", TTL: 3 * time.Second, Renewed: at, Space: "h/ns"}
+	v1, err := cps.WriteLease(ctx, "p", "", a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cps.WriteLease(ctx, "p", "", engine.Lease{Holder: "b:2:y"}); !errors.Is(err, engine.ErrLeaseConflict) {
+		t.Fatalf("second first write: %v", err)
+	}
+	got, err := cps.ReadLease(ctx, "p")
+	if err != nil || got.Holder != a.Holder || got.TTL != a.TTL || !got.Renewed.Equal(at) || got.Space != a.Space || got.Version != v1 {
+		t.Fatalf("read %+v, %v; wrote %+v version %s", got, err, a, v1)
+	}
+	v2, err := cps.WriteLease(ctx, "p", v1, a)
+	if err != nil || v2 == v1 {
+		t.Fatalf("renewal: %q, %v", v2, err)
+	}
+	if _, err := cps.WriteLease(ctx, "p", v1, engine.Lease{Holder: "b:2:y"}); !errors.Is(err, engine.ErrLeaseConflict) {
+		t.Fatalf("write with a stale version: %v", err)
+	}
+	if l, _ := cps.ReadLease(ctx, "p"); l.Holder != a.Holder {
+		t.Fatalf("holder %q after a lost race", l.Holder)
+	}
+	if n := pg.Query(t, dsn, "SELECT count(*) FROM meta.cps_lease")[0][0]; n != int64(1) {
+		t.Fatalf("rows %v", n)
+	}
+}

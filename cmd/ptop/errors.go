@@ -64,10 +64,16 @@ func cmdErrors(args []string, stdout, stderr io.Writer) int {
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	enc := json.NewEncoder(stdout)
-	if action == "list" && !*asJSON {
-		fmt.Fprintln(tw, "PILLOW\tID\tATTEMPTS\tSTAGE\tLAST FAILED\tNEXT ATTEMPT\tERROR")
+	// The header comes with the first row, or at the end when every store
+	// was read: a store that could not be read has no "0 failed changes".
+	headed := false
+	header := func() {
+		if action == "list" && !*asJSON && !headed {
+			fmt.Fprintln(tw, "PILLOW\tID\tATTEMPTS\tSTAGE\tLAST FAILED\tNEXT ATTEMPT\tERROR")
+			headed = true
+		}
 	}
-	total, rc := 0, 0
+	total, rc, unread := 0, 0, 0
 	for _, s := range picked {
 		store, ok := errorStore(s)
 		if !ok {
@@ -82,10 +88,11 @@ func cmdErrors(args []string, stdout, stderr io.Writer) int {
 			es, err := store.List(ctx, s.Name)
 			if err != nil {
 				fmt.Fprintf(stderr, "ptop errors: %s: %v\n", s.Name, err)
-				rc = 1
+				rc, unread = 1, unread+1
 				continue
 			}
 			for _, e := range es {
+				header()
 				if *asJSON {
 					if err := enc.Encode(errorJSON(e)); err != nil {
 						fmt.Fprintf(stderr, "ptop errors: %v\n", err)
@@ -118,13 +125,22 @@ func cmdErrors(args []string, stdout, stderr io.Writer) int {
 			n, err := f(ctx, s.Name, ids)
 			if err != nil {
 				fmt.Fprintf(stderr, "ptop errors %s: %s: %v\n", action, s.Name, err)
-				rc = 1
+				rc, unread = 1, unread+1
 				continue
 			}
 			total += n
 		}
 	}
+	if unread == 0 {
+		header()
+	}
 	tw.Flush()
+	if unread > 0 {
+		if total > 0 {
+			fmt.Fprintf(stdout, "%d failed change%s in the error stores that could be read\n", total, plural(total))
+		}
+		return rc
+	}
 	switch action {
 	case "list":
 		if !*asJSON {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -126,12 +127,12 @@ sinks:
 		t.Fatalf("/healthz with everything up: %d %q", code, body)
 	}
 
-	// The source goes away: the feed falls silent and the pillow is unhealthy.
+	// The source goes away: the pillow is unhealthy, and says why.
 	couch.Stop(t)
 	deadline = time.Now().Add(20 * time.Second)
 	for {
 		code, body := get(t, base+"/healthz")
-		if code == 503 && strings.Contains(body, "obs: feed silent for") {
+		if code == 503 && strings.Contains(body, fmt.Sprintf("obs: couchdb %s/obs: cannot reach 127.0.0.1:%d: ", couch.URL, couch.Port)) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -162,7 +163,89 @@ sinks:
 		t.Fatalf("ptop status: exit %d: %s", code, errOut)
 	}
 	lines := strings.Split(strings.TrimSpace(out2), "\n")
-	if len(lines) != 2 || !regexp.MustCompile(`^obs\s+31\s+5\s+1\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d+s ago\)$`).MatchString(lines[1]) {
+	if len(lines) != 2 || !regexp.MustCompile(`^obs\s+31\s+5\s+1\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d+s ago\)\s+-$`).MatchString(lines[1]) {
 		t.Fatalf("ptop status:\n%s", out2)
 	}
+}
+
+// TestHealthzTellsWhy runs three pillows, each kept from progress in its
+// own way, and requires /healthz to name each cause: a source server that
+// refuses connections, a TCP sink that cannot open, a feed trickling
+// slower than documents arrive. The first recovers when its server
+// answers again.
+func TestHealthzTellsWhy(t *testing.T) {
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	for _, db := range []string{"down", "nosink", "slow"} {
+		couch.CreateDB(t, db)
+	}
+	target := fmt.Sprintf("127.0.0.1:%d", couch.Port)
+	refuse := testenv.StartFaultProxy(t, target)
+	refuse.Set(t, testenv.Refuse)
+	trickle := testenv.StartFaultProxy(t, target)
+	trickle.SetTrickle(32, 50*time.Millisecond)
+	trickle.Set(t, testenv.Trickle)
+	closed, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	pillow := func(name, url, sink string) {
+		write(t, filepath.Join(dir, "p", name+".yaml"), fmt.Sprintf(`name: %s
+source:
+  couchdb: {url: "%s", db: %s, heartbeat: 200ms}
+batch: {size: 10, wait: 20ms}
+sinks:
+  - %s
+`, name, url, name, sink))
+	}
+	pillow("down", refuse.URL, `file: {path: "`+filepath.Join(dir, "down.jsonl")+`"}`)
+	pillow("nosink", couch.URL, fmt.Sprintf("tcp: {address: \"127.0.0.1:%d\"}", closed))
+	pillow("slow", trickle.URL, `file: {path: "`+filepath.Join(dir, "slow.jsonl")+`"}`)
+	couch.Put(t, "slow", "first", nil)
+	w := startWriter(t, couch.URL, "slow")
+	defer w.halt()
+	p := startPtop(t, "run", filepath.Join(dir, "p"), "--lag-window", "2s")
+	waitLog(t, p, "serving /metrics", 1)
+	base := "http://" + regexp.MustCompile(`addr=(\S+)`).FindStringSubmatch(p.stderr.String())[1]
+
+	want := []string{
+		// the lease in the same server, or the feed
+		"cannot reach " + refuse.Addr + ": ",
+		"nosink: sink tcp: not open: ",
+		"slow: falling behind: ",
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := get(t, base+"/healthz")
+		missing := 0
+		for _, s := range want {
+			if !strings.Contains(body, s) {
+				missing++
+			}
+		}
+		if code == 503 && missing == 0 && strings.HasPrefix(body, "down: ") {
+			if strings.Contains(body, "feed silent") {
+				t.Fatalf("/healthz says a silent feed where it knows better:\n%s", body)
+			}
+			t.Logf("/healthz:\n%s", body)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/healthz %d, want 503 with %q:\n%s", code, want, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	refuse.Set(t, testenv.Pass)
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		_, body := get(t, base+"/healthz")
+		if !strings.Contains(body, "down: ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pillow down still unhealthy with its server back:\n%s", body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	p.stop(t)
 }

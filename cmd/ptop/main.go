@@ -240,6 +240,9 @@ func cmdRun(args []string, stderr io.Writer) int {
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	drain := fs.Duration("drain-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to keep flushing before exiting")
 	httpAddr := fs.String("http", "127.0.0.1:9180", "serve /metrics, /healthz and /status on this address (empty: no listener)")
+	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "a pillow runs only while this process holds its lease in the checkpoint store, renewed every ttl/3; "+
+		"another process waits as a standby and takes over when it is released or expires (0: no lease, nothing stops two processes running one pillow)")
+	lagWindow := fs.Duration("lag-window", 3*time.Minute, "a pillow whose pending changes keep growing for this long is unhealthy (\"falling behind\"); 0: never")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return 2
@@ -285,9 +288,17 @@ func cmdRun(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	log.Info("ptop starting", "version", versionString(), "pillows", specNames(specs))
+	if *leaseTTL < 0 {
+		fmt.Fprintln(stderr, "ptop run: --lease-ttl must not be negative")
+		return 2
+	}
+	holder := engine.NewHolder()
+	log.Info("ptop starting", "version", versionString(), "pillows", specNames(specs), "holder", holder)
 	reg, metrics := newRegistry()
-	runner := engine.NewRunner(engine.RunOptions{Log: log, DrainTimeout: *drain, Metrics: metrics})
+	if *lagWindow == 0 {
+		*lagWindow = -1
+	}
+	runner := engine.NewRunner(engine.RunOptions{Log: log, DrainTimeout: *drain, Metrics: metrics, LeaseTTL: *leaseTTL, Holder: holder, LagWindow: *lagWindow})
 	if *httpAddr != "" {
 		srv, addr, err := serveHTTP(*httpAddr, runner, reg, log)
 		if err != nil {

@@ -20,6 +20,7 @@ func cmdReindex(args []string, stdout, stderr io.Writer) int {
 	keepOld := fs.Bool("keep-old", false, "keep the index or table that the rebuilt one replaces")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	resume := fs.String("resume", "", `after a reindex that stopped while flipping: "flipped" or "restart"`)
+	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "hold the lease NAME.reindex in the checkpoint store while reindexing, so that a second reindex of the pillow refuses to start (0: no lease)")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return 2
@@ -51,12 +52,22 @@ func cmdReindex(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// A reindex has nothing to reload: SIGHUP (a closed terminal, a
+	// reload sent to every ptop) must not kill it halfway.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			log.Warn("SIGHUP ignored: a reindex does not reload; stop it with SIGINT or SIGTERM (it resumes when run again)")
+		}
+	}()
 	bar := newProgressBar(stderr)
 	if *resume != "" && *resume != "flipped" && *resume != "restart" {
 		fmt.Fprintln(stderr, `ptop reindex: --resume is "flipped" or "restart"`)
 		return 2
 	}
-	err = engine.Reindex(ctx, spec, engine.ReindexOptions{Log: log, KeepOld: *keepOld, Progress: bar.show, Resume: *resume})
+	err = engine.Reindex(ctx, spec, engine.ReindexOptions{Log: log, KeepOld: *keepOld, Progress: bar.show, Resume: *resume, LeaseTTL: *leaseTTL})
 	bar.end()
 	if err != nil {
 		if ctx.Err() != nil {

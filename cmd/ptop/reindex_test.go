@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -98,10 +99,32 @@ func TestReindexInterruptedAndResumed(t *testing.T) {
 		t.Logf("the interruption came at %d of %d rows", partial, n)
 	}
 
-	// Second attempt: resumes, flips, catches up.
-	out, err := exec.Command(bin, "reindex", "ri", "--dir", pdir).CombinedOutput()
-	if err != nil {
-		t.Fatalf("resumed reindex: %v\n%s", err, out)
+	// Second attempt: resumes, flips, catches up. A SIGHUP does not stop
+	// it, and a third reindex started meanwhile refuses to run beside it.
+	second := exec.Command(bin, "reindex", "ri", "--dir", pdir)
+	var secondOut syncBuffer
+	second.Stdout, second.Stderr = &secondOut, &secondOut
+	if err := second.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for !strings.Contains(secondOut.String(), "lease acquired") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the second reindex did not take its lease:\n%s", secondOut.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	second.Process.Signal(syscall.SIGHUP)
+	third, err := exec.Command(bin, "reindex", "ri", "--dir", pdir).CombinedOutput()
+	if err == nil || !regexp.MustCompile(`ptop reindex: pillow ri: another reindex of it is running \(\S+:\d+:\w+\); wait for it to end or stop it`).Match(third) {
+		t.Fatalf("a reindex beside a running one: %v\n%s", err, third)
+	}
+	if err := second.Wait(); err != nil {
+		t.Fatalf("resumed reindex: %v\n%s", err, secondOut.String())
+	}
+	out := []byte(secondOut.String())
+	if !strings.Contains(string(out), "SIGHUP ignored") {
+		t.Fatalf("the reindex did not say it ignored SIGHUP:\n%s", out)
 	}
 	if !strings.Contains(string(out), "complete") || !strings.Contains(string(out), "flipped") {
 		t.Fatalf("resumed reindex:\n%s", out)

@@ -42,7 +42,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PILLOW\tCHECKPOINT\tPENDING\tERRORS\tLAST CHECKPOINT")
+	fmt.Fprintln(tw, "PILLOW\tCHECKPOINT\tPENDING\tERRORS\tLAST CHECKPOINT\tLEASE HELD BY")
 	rc, shown := 0, 0
 	for _, s := range specs {
 		if len(want) > 0 && !want[s.Name] {
@@ -65,7 +65,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 }
 
 func pillowStatus(ctx context.Context, s *engine.Spec) (string, error) {
-	seq, pending, errs, last := "-", "-", "-", "-"
+	seq, pending, errs, last, holder := "-", "-", "-", "-", "-"
 	var firstErr error
 	keep := func(err error) {
 		if firstErr == nil {
@@ -101,6 +101,16 @@ func pillowStatus(ctx context.Context, s *engine.Spec) (string, error) {
 			}
 		}
 	}
+	if ls, ok := s.Checkpoints().(engine.LeaseStore); ok {
+		if l, err := ls.ReadLease(ctx, s.Name); err != nil {
+			keep(err)
+		} else if l.Holder != "" {
+			holder = l.Holder
+			if !l.Renewed.IsZero() {
+				holder += " (renewed " + time.Since(l.Renewed).Round(time.Second).String() + " ago)"
+			}
+		}
+	}
 	if store, ok := errorStore(s); ok {
 		if es, err := store.List(ctx, s.Name); err != nil {
 			keep(err)
@@ -108,5 +118,5 @@ func pillowStatus(ctx context.Context, s *engine.Spec) (string, error) {
 			errs = strconv.Itoa(len(es))
 		}
 	}
-	return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", s.Name, seq, pending, errs, last), firstErr
+	return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s", s.Name, seq, pending, errs, last, holder), firstErr
 }
