@@ -516,8 +516,9 @@ func (s *Sink) Write(ctx context.Context, records []engine.Record) (err error) {
 	s.refused = 0
 	if n := len(spans); n > 1 {
 		defer func() {
-			// Every record refused alone as well: the request was never
-			// the problem of some records but of the index or the server.
+			// Every record refused alone as well (400): the request was
+			// never the problem of some records but of the index or the
+			// server.
 			if s.refused == n && len(rerrs) > 0 {
 				err, rerrs = fmt.Errorf("every record of the batch refused: %w", rerrs[0].Err), nil
 			}
@@ -582,7 +583,9 @@ func (s *Sink) send(ctx context.Context, records []engine.Record, spans []span, 
 			// limit): halve it until those records stand alone.
 			if len(part) == 1 {
 				*rerrs = append(*rerrs, engine.RecordError{Index: part[0].rec, Err: err})
-				s.refused++
+				if status == http.StatusBadRequest {
+					s.refused++ // 413 alone: the record is too large, surely its own fault
+				}
 				continue
 			}
 			s.log.Debug("_bulk refused whole; splitting it to find the records at fault", "records", len(part), "status", status)

@@ -410,3 +410,15 @@ func TestFakeRefusedRequestBisected(t *testing.T) {
 		t.Fatalf("request sizes %s", got)
 	}
 }
+
+// Records each too large for the server (413 alone) are each the
+// record's fault, even when the whole batch is made of them.
+func TestFakeEveryRecordTooLargeGoesToErrors(t *testing.T) {
+	_, srv := newFake(t, fakeReply{status: 413}, fakeReply{status: 413}, fakeReply{status: 413})
+	s := newTestSink(t, Config{URL: srv.URL, Index: "x"}, t.TempDir())
+	err := s.Write(testCtx(t), []engine.Record{idx("a", "1-a", map[string]any{}), idx("b", "1-a", map[string]any{})})
+	var re engine.RecordErrors
+	if !errors.As(err, &re) || len(re) != 2 || !strings.Contains(re[0].Err.Error(), "HTTP 413") {
+		t.Fatalf("Write: %v, want both records rejected", err)
+	}
+}
