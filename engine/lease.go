@@ -176,7 +176,9 @@ func (k *leaseKeeper) acquire(ctx context.Context, wait bool) error {
 	var seenVersion, logged string
 	var seenAt time.Time
 	storeDown := false
-	k.setState(false, "")
+	k.mu.Lock()
+	k.active = false // the holder waited for, if known, stays shown
+	k.mu.Unlock()
 	for {
 		l, err := k.store.ReadLease(ctx, k.name)
 		if err == nil {
@@ -284,6 +286,9 @@ func (k *leaseKeeper) renew(ctx context.Context) {
 			next.Reset(every)
 		case errors.Is(err, ErrLeaseConflict):
 			l, _ := k.store.ReadLease(ctx, k.name)
+			k.mu.Lock()
+			k.other = l.Holder
+			k.mu.Unlock()
 			err := fmt.Errorf("%w: taken by %s", ErrLeaseLost, l.Holder)
 			k.log.Error("lease taken by another process: writes stop", "holder", l.Holder)
 			k.loseLease(err)

@@ -96,6 +96,7 @@ func seqNumber(seq string) int64 {
 type runnerCollector struct {
 	r                                           *Runner
 	healthy, checkpointAge, errorStore, pending *prometheus.Desc
+	active                                      *prometheus.Desc
 }
 
 // Collector returns a prometheus.Collector of the runner's pillows'
@@ -107,6 +108,7 @@ func (r *Runner) Collector() prometheus.Collector {
 		checkpointAge: prometheus.NewDesc("ptop_checkpoint_age_seconds", "Seconds since the pillow last saved its checkpoint (since it started, before the first).", []string{"pillow"}, nil),
 		errorStore:    prometheus.NewDesc("ptop_error_store_entries", "Failed changes in the pillow's error store, as last read.", []string{"pillow"}, nil),
 		pending:       prometheus.NewDesc("ptop_pending_changes", "Changes in the feed after the pillow's checkpoint.", []string{"pillow"}, nil),
+		active:        prometheus.NewDesc("ptop_pillow_active", "1 if this process runs the pillow, 0 if it waits as a standby for the process that holds its lease.", []string{"pillow"}, nil),
 	}
 }
 
@@ -115,6 +117,7 @@ func (c *runnerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.checkpointAge
 	ch <- c.errorStore
 	ch <- c.pending
+	ch <- c.active
 }
 
 func (c *runnerCollector) Collect(ch chan<- prometheus.Metric) {
@@ -124,6 +127,11 @@ func (c *runnerCollector) Collect(ch chan<- prometheus.Metric) {
 			h = 1
 		}
 		ch <- prometheus.MustNewConstMetric(c.healthy, prometheus.GaugeValue, h, st.Pillow)
+		a := 1.0
+		if st.Role == "standby" {
+			a = 0
+		}
+		ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, a, st.Pillow)
 		ch <- prometheus.MustNewConstMetric(c.checkpointAge, prometheus.GaugeValue, st.CheckpointAge.Seconds(), st.Pillow)
 		ch <- prometheus.MustNewConstMetric(c.errorStore, prometheus.GaugeValue, float64(st.ErrorStore), st.Pillow)
 		if st.Pending >= 0 {
