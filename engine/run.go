@@ -73,6 +73,7 @@ type Pillow struct {
 	// startTime and checkpointTime are Unix nanoseconds.
 	startTime, checkpointTime atomic.Int64
 	lastSeqNum                int64 // numeric prefix of the last seq seen, for rewinds; batcher only
+	taps                      taps  // see Pillow.Tap
 }
 
 func (p *Pillow) started() time.Time      { return unixNano(p.startTime.Load()) }
@@ -252,6 +253,9 @@ func (p *Pillow) Run(ctx context.Context) error {
 		if writeErr = p.write(work, b); writeErr != nil {
 			stopReading()
 			continue
+		}
+		if p.taps.active.Load() {
+			p.taps.send(b)
 		}
 		if b.retry {
 			continue
