@@ -33,7 +33,6 @@ type pageData struct {
 	Now      string
 	Pillows  []pageRow
 	Reload   *reloadJSON
-	Span     string
 	Interval string
 }
 
@@ -64,7 +63,7 @@ func (s *httpServer) statusPage(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	d := pageData{
 		Refresh: refresh, Render: s.renders.Add(1), Now: now.UTC().Format("2006-01-02 15:04:05 UTC"),
-		Reload: toReloadJSON(s.runner.LastReload()), Span: "1h", Interval: s.hist.every.String(),
+		Reload: toReloadJSON(s.runner.LastReload()), Interval: s.hist.every.String(),
 	}
 	for _, st := range s.runner.Status(5 * time.Second) {
 		row := pageRow{PillowStatus: st, State: "running", PendingText: "?", CheckpointAge: age(st.CheckpointAge)}
@@ -90,8 +89,8 @@ func (s *httpServer) statusPage(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// sparkline draws value over the last hour up to now, right-aligned; points
-// where value is negative (unknown) are left out.
+// sparkline draws value from the oldest sample (at most an hour ago) to
+// now; points where value is negative (unknown) are left out.
 func sparkline(now time.Time, samples []sample, value func(sample) float64, format func(float64) string) chart {
 	var c chart
 	top := 0.0
@@ -113,12 +112,16 @@ func sparkline(now time.Time, samples []sample, value func(sample) float64, form
 	}
 	var b strings.Builder
 	from := now.Add(-historySpan)
+	if first := samples[0].at; first.After(from) {
+		from = first
+	}
+	span := max(now.Sub(from), time.Second)
 	for _, x := range samples {
 		v := value(x)
 		if v < 0 {
 			continue
 		}
-		px := float64(chartW) * x.at.Sub(from).Seconds() / historySpan.Seconds()
+		px := float64(chartW) * x.at.Sub(from).Seconds() / span.Seconds()
 		py := chartH - 2 - (chartH-4)*v/scale
 		fmt.Fprintf(&b, "%.1f,%.1f ", min(max(px, 0), chartW), py)
 	}
