@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -143,6 +144,15 @@ func TestStatusPage(t *testing.T) {
 	}
 
 	if *updateDocs {
+		// Some traffic for the picture: cases takes 20 changes a beat.
+		for i := 0; i < 15; i++ {
+			var docs []map[string]any
+			for j := 0; j < 20; j++ {
+				docs = append(docs, map[string]any{"_id": fmt.Sprintf("pic-%02d-%02d", i, j), "type": "case"})
+			}
+			lr.couch.BulkDocs(t, "cases", docs)
+			time.Sleep(300 * time.Millisecond) // pacing, not waiting for anything
+		}
 		if err := chromedp.Do(ctx, chromedp.EmulateViewport(1280, 560), chromedp.Navigate("http://"+lr.addr+"/?refresh=60"),
 			chromedp.WaitVisible("#pillows")); err != nil {
 			t.Fatal(err)

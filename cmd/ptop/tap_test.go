@@ -218,6 +218,12 @@ func TestTap(t *testing.T) {
 	if b := strings.TrimSpace(noBodies.stdout.String()); b != `{"seq":"1","id":"a","rev":"1-x","deleted":false,"outcome":"written","records":[{"id":"a"}]}` {
 		t.Fatalf("tap --records=false: %s", b)
 	}
+	if code, _, errOut := ptop(t, "tap", "nope", "--http", fp.addr); code != 1 || !strings.Contains(errOut, `404 Not Found: no pillow "nope" is running`) {
+		t.Fatalf("ptop tap of no such pillow: exit %d: %s", code, errOut)
+	}
+	if code, _, errOut := ptop(t, "tap", "t", "--http", fp.addr, "--outcome", "lost"); code != 2 || !strings.Contains(errOut, "--outcome must be") {
+		t.Fatalf("ptop tap --outcome lost: exit %d: %s", code, errOut)
+	}
 	fp.end(t)
 	if n := fp.outLines(t); n != 4 { // a, c, e, g
 		t.Fatalf("the sink has %d lines, want 4", n)
