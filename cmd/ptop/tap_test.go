@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dimagi/ptop/internal/testenv"
 )
 
 // fifoPillow is a running `ptop run` whose one pillow reads a named pipe
@@ -363,4 +365,56 @@ func TestTapOffLoopback(t *testing.T) {
 			t.Errorf("%+v: %d %s", tc, code, why)
 		}
 	}
+}
+
+// TestTapFollowsReload: a reload that restarts the pillow leaves the tap
+// attached to the new run; a reload that removes it ends the tap.
+func TestTapFollowsReload(t *testing.T) {
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	couch.CreateDB(t, "obs")
+	dir := t.TempDir()
+	pdir := filepath.Join(dir, "p")
+	yaml := func(version int) string {
+		return fmt.Sprintf(`name: obs
+source:
+  couchdb: {url: "${COUCH_URL}", db: obs, heartbeat: 1s}
+transform: |
+  function transform(doc) { return { version: %d }; }
+batch: {size: 10, wait: 20ms}
+sinks:
+  - file: {path: %q}
+`, version, filepath.Join(dir, "out.jsonl"))
+	}
+	write(t, filepath.Join(pdir, "obs.yaml"), yaml(1))
+	t.Setenv("COUCH_URL", couch.URL)
+	p := startPtop(t, "run", pdir)
+	addr := listenAddr(t, p)
+	tap := startTap(t, "obs", "--http", addr)
+
+	write(t, filepath.Join(pdir, "obs.yaml"), yaml(2))
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, p, "restarted=obs", 1)
+	// The tap takes up the new run within a beat; until it sees one of
+	// them, keep writing.
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; !strings.Contains(tap.stdout.String(), `"version":2`); i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("the tap saw nothing of the restarted pillow:\n%s\n%s", tap.stdout, tap.stderr)
+		}
+		couch.Put(t, "obs", fmt.Sprintf("d%03d", i), map[string]any{"v": i})
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	os.Remove(filepath.Join(pdir, "obs.yaml"))
+	write(t, filepath.Join(pdir, "other.yaml"), strings.ReplaceAll(yaml(1), "name: obs", "name: other"))
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	select {
+	case c := <-tap.code:
+		if c != 0 || !strings.Contains(tap.stderr.String(), "ptop tap: pillow obs is no longer running") {
+			t.Fatalf("ptop tap after its pillow was removed: exit %d: %s", c, tap.stderr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("ptop tap did not end with its pillow: %s", tap.stderr)
+	}
+	p.stop(t)
 }
