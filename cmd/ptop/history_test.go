@@ -1,9 +1,13 @@
 package main
 
 import (
+	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
+
+	tea "github.com/charmbracelet/bubbletea"
 
 	"github.com/dimagi/ptop/engine"
 )
@@ -76,5 +80,56 @@ func TestTopRowsSortedByPending(t *testing.T) {
 	}
 	if got := strings.Join(names, " "); got != "c b d a" {
 		t.Fatalf("order %s, want c b d a", got)
+	}
+}
+
+// TestTopModel: the model shows what /status said, most pending first with
+// the reasons under their pillow, and quits on q.
+func TestTopModel(t *testing.T) {
+	m := topModel{addr: "127.0.0.1:9180", every: time.Second}
+	if v := m.View(); !strings.Contains(v, "waiting for /status") {
+		t.Fatalf("before the first answer:\n%s", v)
+	}
+	st := &statusJSON{Pillows: []pillowJSON{
+		{PillowStatus: engine.PillowStatus{Pillow: "quiet", Running: true, Healthy: true, Pending: 0}},
+		{PillowStatus: engine.PillowStatus{Pillow: "behind", Running: true, Reasons: []string{"sink es: 503"}, Pending: 1200, ErrorStore: 3}, Rate: 250},
+	}}
+	next, cmd := m.Update(topStatusMsg{status: st, at: time.Now()})
+	if cmd == nil {
+		t.Fatal("no refresh scheduled after an answer")
+	}
+	v := next.View()
+	if rowOrder(v, "quiet", "behind") != "behind quiet" || !strings.Contains(v, "↳ sink es: 503") || !strings.Contains(v, "UNHEALTHY") {
+		t.Fatalf("view:\n%s", v)
+	}
+	for _, l := range strings.Split(v, "\n") {
+		if f := strings.Fields(l); len(f) == 7 && f[0] == "behind" && (f[3] != "250" || f[4] != "1200" || f[6] != "3") {
+			t.Fatalf("row %q", l)
+		}
+	}
+	if _, cmd := next.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("q")}); cmd == nil || cmd() != tea.Quit() {
+		t.Fatal("q does not quit")
+	}
+}
+
+// TestStatusPageRenders: the page and its stylesheet are served from the
+// binary, with no pillow running too.
+func TestStatusPageRenders(t *testing.T) {
+	reg, metrics := newRegistry()
+	runner := engine.NewRunner(engine.RunOptions{Metrics: metrics})
+	srv, err := serveHTTP("127.0.0.1:0", runner, reg, slog.New(slog.NewTextHandler(io.Discard, nil)), httpOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	base := "http://" + srv.addr.String()
+	if code, body := get(t, base+"/?refresh=2"); code != 200 || !strings.Contains(body, `<meta http-equiv="refresh" content="2">`) || !strings.Contains(body, "No pillow is running.") {
+		t.Fatalf("/: %d\n%s", code, body)
+	}
+	if code, body := get(t, base+"/assets/status.css"); code != 200 || !strings.Contains(body, "svg.spark") {
+		t.Fatalf("/assets/status.css: %d", code)
+	}
+	if code, _ := get(t, base+"/nothing"); code != 404 {
+		t.Fatalf("/nothing: %d", code)
 	}
 }
