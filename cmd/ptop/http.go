@@ -112,7 +112,7 @@ func (s *httpServer) status(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	enc.Encode(body)
+	_ = enc.Encode(body) // the client went away
 }
 
 type reloadJSON struct {

@@ -105,7 +105,9 @@ func (s *httpServer) tap(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
-	rc.Flush()
+	if rc.Flush() != nil {
+		return
+	}
 	enc := json.NewEncoder(w)
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
@@ -127,11 +129,11 @@ func (s *httpServer) tap(w http.ResponseWriter, r *http.Request) {
 			}
 			sent++
 			if limit > 0 && sent >= limit {
-				rc.Flush()
+				_ = rc.Flush()
 				return
 			}
-			if len(t.Events()) == 0 {
-				rc.Flush()
+			if len(t.Events()) == 0 && rc.Flush() != nil {
+				return // the client went away
 			}
 		case <-tick.C:
 			if d := lost + t.Dropped(); d > reported {
@@ -139,13 +141,15 @@ func (s *httpServer) tap(w http.ResponseWriter, r *http.Request) {
 					return
 				}
 				reported = d
-				rc.Flush()
+				if rc.Flush() != nil {
+					return
+				}
 			}
 			if cur := s.runner.Pillows()[name]; cur != p {
 				lost += t.Dropped()
 				t.Close()
 				if cur == nil {
-					enc.Encode(tapNotice{Ended: "pillow " + name + " is no longer running"})
+					_ = enc.Encode(tapNotice{Ended: "pillow " + name + " is no longer running"})
 					return
 				}
 				p, t = cur, cur.Tap(tapBuffer)
@@ -197,7 +201,7 @@ func cmdTap(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ptop tap: is ptop running with --http %s? %v\n", *addr, err)
 		return 1
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		fmt.Fprintf(stderr, "ptop tap: %s: %s\n", resp.Status, bytes.TrimSpace(b))
@@ -211,7 +215,7 @@ func cmdTap(args []string, stdout, stderr io.Writer) int {
 		line := sc.Bytes()
 		if bytes.HasPrefix(line, []byte(`{"dropped"`)) || bytes.HasPrefix(line, []byte(`{"ended"`)) {
 			var nt tapNotice
-			json.Unmarshal(line, &nt)
+			_ = json.Unmarshal(line, &nt) // a notice ptop wrote: it decodes
 			if nt.Ended != "" {
 				fmt.Fprintf(stderr, "ptop tap: %s\n", nt.Ended)
 				return 0

@@ -62,7 +62,7 @@ func (m topModel) fetch() tea.Msg {
 	if err != nil {
 		return topStatusMsg{err: err, at: time.Now()}
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
 		return topStatusMsg{err: fmt.Errorf("%s: %s", m.url, resp.Status), at: time.Now()}
 	}
