@@ -93,6 +93,7 @@ type Pillow struct {
 	// run) and checkpointTime are Unix nanoseconds.
 	startTime, readTime, checkpointTime atomic.Int64
 	lastSeqNum                          int64 // numeric prefix of the last seq seen, for rewinds; batcher only
+	taps                                taps  // see Pillow.Tap
 }
 
 func (p *Pillow) started() time.Time      { return unixNano(p.startTime.Load()) }
@@ -321,6 +322,9 @@ func (p *Pillow) Run(ctx context.Context) error {
 		if writeErr = p.write(work, b); writeErr != nil {
 			stopReading()
 			continue
+		}
+		if p.taps.active.Load() {
+			p.taps.send(b)
 		}
 		if b.retry {
 			for _, c := range b.changes {

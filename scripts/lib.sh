@@ -114,6 +114,21 @@ pg_bindir() {
 	return 1
 }
 
+# ensure_chromium: install Debian's chromium when /usr/bin/chromium is missing; the
+# status page's test (cmd/ptop, through chromedp) drives it and fails with a hint
+# without it.
+ensure_chromium() {
+	local sudo=()
+	[[ -x /usr/bin/chromium ]] && return 0
+	command -v apt-get >/dev/null || die "chromium not found and no apt-get to install it: install Debian's chromium (/usr/bin/chromium)"
+	if [[ $EUID -ne 0 ]]; then sudo=(sudo); fi
+	log "installing chromium: apt-get update && apt-get install -y chromium"
+	"${sudo[@]}" apt-get update >&2 || die "apt-get update failed"
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >&2 ||
+		die "apt-get install chromium failed"
+	[[ -x /usr/bin/chromium ]] || die "chromium was installed, but /usr/bin/chromium is missing"
+}
+
 # ensure_postgres: install PostgreSQL from Debian's packages (postgresql-15, else
 # postgresql) when initdb cannot be found; sets PG_BINDIR. The tests (through
 # internal/testenv) and services.sh make their own throwaway clusters with it.

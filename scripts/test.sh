@@ -8,7 +8,8 @@
 # tier) needs none of it.
 #
 #   1. npm ci in tools/pouchdb if node_modules is missing or stale; PostgreSQL
-#      (apt-get install postgresql-15) if initdb is missing
+#      (apt-get install postgresql-15) if initdb is missing; chromium (apt-get
+#      install chromium, for the status page's browser test) if missing
 #   2. go vet ./...
 #   3. go test -count=1 ./...   (integration tests start their own servers
 #                                through internal/testenv)
@@ -48,6 +49,7 @@ command -v go >/dev/null || die "go not found in PATH"
 section "tools: go $(go env GOVERSION), node $(node --version 2>/dev/null || echo missing), npm $(npm --version 2>/dev/null || echo missing)"
 ensure_pouchdb_deps
 ensure_postgres # PostgreSQL from Debian's packages if initdb is missing
+ensure_chromium # Debian's chromium, for the status page's test, if missing
 # shellcheck disable=SC2119 # no names: every pinned server
 ensure_opensearch # OpenSearch and Elasticsearch integ-test-zips from Maven Central
 log "postgres: $("$PG_BINDIR/postgres" --version)"

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,10 +25,41 @@ func newRegistry() (*prometheus.Registry, *engine.Metrics) {
 	return reg, engine.NewMetrics(reg)
 }
 
-// serveHTTP serves /metrics, /healthz and /status on addr until the
-// returned server is closed.
-func serveHTTP(addr string, runner *engine.Runner, reg *prometheus.Registry, log *slog.Logger) (*http.Server, net.Addr, error) {
+// httpOptions are the settings of ptop run's HTTP listener.
+type httpOptions struct {
+	// Token, when set, is required (Authorization: Bearer) by /tap, which
+	// shows document contents; without it /tap answers only on a loopback
+	// listener.
+	Token string
+	// HistoryEvery is how often the status page's charts take a sample.
+	HistoryEvery time.Duration
+}
+
+// httpServer is ptop run's HTTP listener: /metrics, /healthz, /status,
+// the status page at / and /tap/NAME.
+type httpServer struct {
+	srv      *http.Server
+	addr     net.Addr
+	runner   *engine.Runner
+	hist     *history
+	opts     httpOptions
+	loopback bool
+	log      *slog.Logger
+	stop     chan struct{}
+	renders  atomic.Int64 // status pages served, shown on the page
+}
+
+// serveHTTP serves on addr until the returned server is closed.
+func serveHTTP(addr string, runner *engine.Runner, reg *prometheus.Registry, log *slog.Logger, opts httpOptions) (*httpServer, error) {
 	reg.MustRegister(runner.Collector())
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	s := &httpServer{addr: ln.Addr(), runner: runner, hist: newHistory(opts.HistoryEvery), opts: opts, log: log, stop: make(chan struct{})}
+	if ta, ok := ln.Addr().(*net.TCPAddr); ok {
+		s.loopback = ta.IP.IsLoopback()
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -40,30 +72,47 @@ func serveHTTP(addr string, runner *engine.Runner, reg *prometheus.Registry, log
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		body := struct {
-			Pillows    []engine.PillowStatus `json:"pillows"`
-			LastReload *reloadJSON           `json:"last_reload,omitempty"`
-		}{Pillows: runner.Status(5 * time.Second), LastReload: toReloadJSON(runner.LastReload())}
-		if body.Pillows == nil {
-			body.Pillows = []engine.PillowStatus{}
-		}
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(body)
-	})
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, nil, err
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	mux.HandleFunc("GET /status", s.status)
+	mux.HandleFunc("GET /{$}", s.statusPage)
+	mux.Handle("GET /assets/", http.StripPrefix("/assets/", http.FileServerFS(assets)))
+	mux.HandleFunc("GET /tap/{name}", s.tap)
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
-		if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
+		if err := s.srv.Serve(ln); err != nil && err != http.ErrServerClosed {
 			log.Error("http listener stopped", "error", err)
 		}
 	}()
-	return srv, ln.Addr(), nil
+	go s.hist.run(func() []engine.PillowStatus { return runner.Status(5 * time.Second) }, s.stop)
+	return s, nil
+}
+
+// Close stops the listener and the history's sampling.
+func (s *httpServer) Close() error {
+	close(s.stop)
+	return s.srv.Close()
+}
+
+// statusJSON is the body of /status, which ptop top reads.
+type statusJSON struct {
+	Pillows    []pillowJSON `json:"pillows"`
+	LastReload *reloadJSON  `json:"last_reload,omitempty"`
+}
+
+type pillowJSON struct {
+	engine.PillowStatus
+	// Rate is changes/s over the history's last interval.
+	Rate float64 `json:"changes_per_second"`
+}
+
+func (s *httpServer) status(w http.ResponseWriter, r *http.Request) {
+	body := statusJSON{Pillows: []pillowJSON{}, LastReload: toReloadJSON(s.runner.LastReload())}
+	for _, st := range s.runner.Status(5 * time.Second) {
+		body.Pillows = append(body.Pillows, pillowJSON{PillowStatus: st, Rate: s.hist.rate(st.Pillow)})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(body) // the client went away
 }
 
 type reloadJSON struct {

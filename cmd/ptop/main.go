@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -29,6 +30,8 @@ Usage:
   ptop validate [--strict] [DIR]...   load and compile pillows; touch no network
   ptop reindex NAME [--keep-old]      rebuild a pillow's index or table from the start, then flip
   ptop status [DIR]                   checkpoint, pending changes and failed changes per pillow
+  ptop tap NAME [--limit N]           print a running pillow's changes as they pass, one JSON line each
+  ptop top                            a live terminal dashboard of a running ptop's pillows
   ptop errors [NAME]                  list failed changes; also: errors retry NAME [ID]..., errors purge [NAME [ID]...]
   ptop test [DIR] [-v]                run the examples in NAME.test.yaml beside each pillow NAME.yaml
   ptop schema                         print the JSON Schema of a pillow file, for editors
@@ -59,6 +62,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdErrors(args[1:], stdout, stderr)
 	case "status":
 		return cmdStatus(args[1:], stdout, stderr)
+	case "tap":
+		return cmdTap(args[1:], stdout, stderr)
+	case "top":
+		return cmdTop(args[1:], stdout, stderr)
 	case "reindex":
 		return cmdReindex(args[1:], stdout, stderr)
 	case "test":
@@ -239,7 +246,9 @@ func cmdRun(args []string, stderr io.Writer) int {
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	drain := fs.Duration("drain-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to keep flushing before exiting")
-	httpAddr := fs.String("http", "127.0.0.1:9180", "serve /metrics, /healthz and /status on this address (empty: no listener)")
+	httpAddr := fs.String("http", "127.0.0.1:9180", "serve /metrics, /healthz, /status, the status page and /tap on this address (empty: no listener)")
+	httpToken := fs.String("http-token", "", "token /tap requires (Authorization: Bearer); without one /tap answers only on a loopback address (default $PTOP_HTTP_TOKEN)")
+	historyEvery := fs.Duration("history-every", 5*time.Second, "how often the status page's charts (the last hour) take a sample")
 	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "a pillow runs only while this process holds its lease in the checkpoint store, renewed every ttl/3; "+
 		"another process waits as a standby and takes over when it is released or expires (0: no lease, nothing stops two processes running one pillow)")
 	lagWindow := fs.Duration("lag-window", 3*time.Minute, "a pillow whose pending changes keep growing for this long is unhealthy (\"falling behind\"); 0: never")
@@ -300,13 +309,13 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	runner := engine.NewRunner(engine.RunOptions{Log: log, DrainTimeout: *drain, Metrics: metrics, LeaseTTL: *leaseTTL, Holder: holder, LagWindow: *lagWindow})
 	if *httpAddr != "" {
-		srv, addr, err := serveHTTP(*httpAddr, runner, reg, log)
+		srv, err := serveHTTP(*httpAddr, runner, reg, log, httpOptions{Token: cmp.Or(*httpToken, os.Getenv("PTOP_HTTP_TOKEN")), HistoryEvery: *historyEvery})
 		if err != nil {
 			fmt.Fprintf(stderr, "ptop run: --http: %v\n", err)
 			return 1
 		}
 		defer srv.Close()
-		log.Info("serving /metrics, /healthz and /status", "addr", addr.String())
+		log.Info("serving /metrics, /healthz and /status", "addr", srv.addr.String())
 	}
 	runner.Apply(specs)
 
