@@ -211,6 +211,43 @@ type PendingCounter interface {
 	Pending(ctx context.Context, since string) (int64, error)
 }
 
+// StartResolver is implemented by sources whose configured start is
+// relative to the time the pillow starts ("now"). Before a pillow with no
+// checkpoint reads anything, the engine asks for the position that start
+// means and saves it as the checkpoint, so that changes made while the
+// pillow is stopped before its first checkpoint are not skipped.
+type StartResolver interface {
+	// ResolveStart returns the feed position the configured start means
+	// now, or "" when it needs no resolving (an absolute position).
+	ResolveStart(ctx context.Context) (string, error)
+}
+
+// PositionGuard is implemented by sinks that keep a record only over one
+// written from an earlier feed position (see SeqPosition): when the feed
+// goes back (its database was recreated or restored), they would refuse
+// the new changes, so the engine stops the pillow and asks for a reindex.
+type PositionGuard interface {
+	GuardsPositions() bool
+}
+
+// SeqPosition is a change's position in its feed: the numeric prefix of
+// its sequence id ("42" or "42-g1AAAA…" is 42), which grows along one
+// feed; -1 when the sequence id has none.
+func SeqPosition(seq string) int64 {
+	var n int64
+	i := 0
+	for ; i < len(seq) && seq[i] >= '0' && seq[i] <= '9'; i++ {
+		if n > (1<<62)/10 {
+			return -1
+		}
+		n = n*10 + int64(seq[i]-'0')
+	}
+	if i == 0 {
+		return -1
+	}
+	return n
+}
+
 // CheckpointTimer is implemented by checkpoint stores that know when a
 // checkpoint was saved.
 type CheckpointTimer interface {

@@ -28,6 +28,8 @@ type (
 	FeedStatus         = component.FeedStatus
 	PendingCounter     = component.PendingCounter
 	CheckpointTimer    = component.CheckpointTimer
+	StartResolver      = component.StartResolver
+	PositionGuard      = component.PositionGuard
 	LogErrorStore      = component.LogErrorStore
 	BuildContext       = component.BuildContext
 )

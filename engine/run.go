@@ -181,6 +181,29 @@ func (p *Pillow) Run(ctx context.Context) error {
 		}
 		p.Stats.Checkpoint.Store(since)
 	}
+	if since == "" && p.opts.Since == "" && p.cps != nil {
+		// A start relative to now ("now") is fixed and saved before
+		// anything is read: should the pillow stop before its first
+		// checkpoint, it resumes from there rather than from a later now.
+		if sr, ok := s.source.(StartResolver); ok {
+			var at string
+			err := retry(ctx, p.log, "resolve the start position", func() error {
+				var err error
+				if at, err = sr.ResolveStart(ctx); err != nil || at == "" {
+					return err
+				}
+				return p.cps.SaveCheckpoint(ctx, p.opts.CheckpointName, at)
+			})
+			if err != nil {
+				return startErr(s.Name, "resolving the start position", err)
+			}
+			if at != "" {
+				p.log.Info("start position resolved and saved", "since", at)
+				since = at
+				p.Stats.Checkpoint.Store(since)
+			}
+		}
+	}
 	if since == "" {
 		since = p.opts.Since
 	}
