@@ -94,7 +94,15 @@ type TransactionalSink interface {
 	// pillow's checkpoint, atomically. records may be empty (a batch whose
 	// changes were all filtered out); seq may be empty (no change of the
 	// batch had one), and then only the records are written.
-	WriteCheckpointed(ctx context.Context, records []Record, pillow, seq string) error
+	//
+	// The records the server rejects are handed to recordRejected before
+	// the transaction commits, so that the checkpoint never passes a
+	// rejected record whose failure is not recorded; they are then
+	// acknowledged (not returned as RecordErrors). If recordRejected fails,
+	// nothing is committed and its error is returned: the engine retries
+	// the batch. recordRejected may be nil: rejected records are then
+	// returned as RecordErrors, after the commit.
+	WriteCheckpointed(ctx context.Context, records []Record, pillow, seq string, recordRejected func(RecordErrors) error) error
 }
 
 // Rebuildable is a sink whose destination `ptop reindex` can rebuild beside

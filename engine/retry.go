@@ -30,22 +30,25 @@ func (p *Pillow) loadFailed(ctx context.Context) error {
 // recordFailure stores f in the error store, retrying until it is stored:
 // the checkpoint must not pass a change whose failure is not recorded.
 func (p *Pillow) recordFailure(ctx context.Context, f Failure) error {
-	return retry(ctx, p.log, "record failure", func() error {
-		e, err := p.errs.Record(ctx, f, p.Spec.Errors.Next)
-		if err != nil {
-			return err
+	return retry(ctx, p.log, "record failure", func() error { return p.tryRecord(ctx, f) })
+}
+
+// tryRecord stores f in the error store once.
+func (p *Pillow) tryRecord(ctx context.Context, f Failure) error {
+	e, err := p.errs.Record(ctx, f, p.Spec.Errors.Next)
+	if err != nil {
+		return err
+	}
+	if _, logged := p.errs.(LogErrorStore); !logged {
+		p.failed[f.Change.ID] = true
+		p.errCount.Store(int64(len(p.failed)))
+		if e.NextAttempt.IsZero() {
+			p.log.Error("change failed; giving up after the last attempt", "id", f.Change.ID, "attempts", e.Attempts, "stage", f.Stage, "error", f.Err)
+		} else {
+			p.log.Warn("change failed; stored for a retry", "id", f.Change.ID, "attempts", e.Attempts, "next_attempt", e.NextAttempt.Format(time.RFC3339), "stage", f.Stage, "error", f.Err)
 		}
-		if _, logged := p.errs.(LogErrorStore); !logged {
-			p.failed[f.Change.ID] = true
-			p.errCount.Store(int64(len(p.failed)))
-			if e.NextAttempt.IsZero() {
-				p.log.Error("change failed; giving up after the last attempt", "id", f.Change.ID, "attempts", e.Attempts, "stage", f.Stage, "error", f.Err)
-			} else {
-				p.log.Warn("change failed; stored for a retry", "id", f.Change.ID, "attempts", e.Attempts, "next_attempt", e.NextAttempt.Format(time.RFC3339), "stage", f.Stage, "error", f.Err)
-			}
-		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // clearSucceeded removes the error store's entries of documents that went

@@ -528,6 +528,20 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 // and its failures are recorded. It fails only when ctx ends first.
 func (p *Pillow) write(ctx context.Context, b *batch) error {
 	var mu sync.Mutex
+	// sinkFailures are the failures of records o rejected.
+	sinkFailures := func(o NamedSink, re RecordErrors) []Failure {
+		fs := make([]Failure, 0, len(re))
+		for _, e := range re {
+			r := b.records[e.Index]
+			fs = append(fs, Failure{
+				Pillow: p.Spec.Name, Hash: p.Spec.Hash, Stage: "sink:" + o.Name, Err: e.Err, Time: time.Now(),
+				Change: Change{ID: r.DocID, Rev: r.Rev, Seq: r.Seq, Deleted: r.Delete},
+			})
+		}
+		return fs
+	}
+	// recorded counts the failures stored in the error store.
+	recorded := 0
 	writeTo := func(o NamedSink) error {
 		start := time.Now()
 		defer func() {
@@ -536,7 +550,21 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 		return retry(ctx, p.log.With("sink", o.Name), "write", func() error {
 			var err error
 			if ts, ok := o.Sink.(TransactionalSink); ok && o.Name == p.txSink {
-				err = ts.WriteCheckpointed(ctx, b.records, p.opts.CheckpointName, b.lastSeq)
+				// The transaction that moves the checkpoint commits only
+				// once the records it rejected are in the error store.
+				// The others' failures are recorded already; an attempt
+				// whose commit failed leaves none behind.
+				base := len(b.failures)
+				err = ts.WriteCheckpointed(ctx, b.records, p.opts.CheckpointName, b.lastSeq, func(re RecordErrors) error {
+					b.failures = append(b.failures[:base], sinkFailures(o, re)...)
+					recorded = min(recorded, base)
+					for ; recorded < len(b.failures); recorded++ {
+						if err := p.tryRecord(ctx, b.failures[recorded]); err != nil {
+							return fmt.Errorf("recording a record the sink rejected: %w", err)
+						}
+					}
+					return nil
+				})
 			} else if len(b.records) > 0 {
 				err = o.Sink.Write(ctx, b.records)
 			}
@@ -546,13 +574,7 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 			} else if errors.As(err, &re) {
 				p.opts.Metrics.records.WithLabelValues(p.Spec.Name, o.Name).Add(float64(len(b.records) - len(re)))
 				mu.Lock()
-				for _, e := range re {
-					r := b.records[e.Index]
-					b.failures = append(b.failures, Failure{
-						Pillow: p.Spec.Name, Hash: p.Spec.Hash, Stage: "sink:" + o.Name, Err: e.Err, Time: time.Now(),
-						Change: Change{ID: r.DocID, Rev: r.Rev, Seq: r.Seq, Deleted: r.Delete},
-					})
-				}
+				b.failures = append(b.failures, sinkFailures(o, re)...)
 				mu.Unlock()
 				err = nil
 			}
@@ -586,7 +608,6 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	recorded := 0
 	record := func() error {
 		for ; recorded < len(b.failures); recorded++ {
 			if err := p.recordFailure(ctx, b.failures[recorded]); err != nil {

@@ -539,7 +539,7 @@ type txSink struct {
 }
 
 func (s *txSink) SharesStore(cps CheckpointStore) bool { return cps == CheckpointStore(s.store) }
-func (s *txSink) WriteCheckpointed(ctx context.Context, rs []Record, pillow, seq string) error {
+func (s *txSink) WriteCheckpointed(ctx context.Context, rs []Record, pillow, seq string, _ func(RecordErrors) error) error {
 	if len(rs) > 0 {
 		if err := s.Write(ctx, rs); err != nil {
 			return err

@@ -344,3 +344,99 @@ sinks:
 		t.Fatalf("Run: %v", err)
 	}
 }
+
+// flakyErrors is an error store that refuses to record while down is set.
+type flakyErrors struct {
+	mu      sync.Mutex
+	down    bool
+	calls   int
+	entries map[string]engine.ErrorEntry
+}
+
+func (s *flakyErrors) setDown(v bool) { s.mu.Lock(); s.down = v; s.mu.Unlock() }
+func (s *flakyErrors) callCount() int { s.mu.Lock(); defer s.mu.Unlock(); return s.calls }
+func (s *flakyErrors) ids() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ids []string
+	for id := range s.entries {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+func (s *flakyErrors) Record(_ context.Context, f engine.Failure, _ func(int) time.Duration) (engine.ErrorEntry, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	if s.down {
+		return engine.ErrorEntry{}, fmt.Errorf("error store unavailable")
+	}
+	e := s.entries[f.Change.ID]
+	e.Pillow, e.DocID, e.Error = f.Pillow, f.Change.ID, f.Err.Error()
+	e.Attempts++
+	s.entries[f.Change.ID] = e
+	return e, nil
+}
+func (s *flakyErrors) List(context.Context, string) ([]engine.ErrorEntry, error) { return nil, nil }
+func (s *flakyErrors) Clear(context.Context, string, string) error               { return nil }
+func (s *flakyErrors) Retry(context.Context, string, []string) (int, error)      { return 0, nil }
+func (s *flakyErrors) Purge(context.Context, string, []string) (int, error)      { return 0, nil }
+
+// TestExactlyOnceRecordsRejectedBeforeCheckpoint: with the checkpoint in
+// the sink's transaction, the records Postgres rejects are recorded
+// before that transaction commits. While the error store is unavailable,
+// neither the rows nor the checkpoint pass the rejected changes; once it
+// is back, it holds exactly the rejected records.
+func TestExactlyOnceRecordsRejectedBeforeCheckpoint(t *testing.T) {
+	t.Parallel()
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	pg := testenv.SharedPostgres(t)
+	dsn := pg.NewDatabase(t)
+	couch.CreateDB(t, "docs")
+	var docs []map[string]any
+	for i := range 10 {
+		d := map[string]any{"_id": fmt.Sprintf("d%d", i), "n": i}
+		if i == 0 || i == 4 {
+			d["n"] = "not a number"
+		}
+		docs = append(docs, d)
+	}
+	couch.BulkDocs(t, "docs", docs)
+	spec := loadPillow(t, fmt.Sprintf(`name: eo
+source:
+  couchdb: {url: %q, db: docs, heartbeat: 1s}
+batch: {size: 100, wait: 20ms}
+checkpoint:
+  postgres: {dsn: %q, table: ptop_checkpoints}
+sinks:
+  - postgres: {dsn: %q, table: docs, columns: {n: integer}, create: true}
+`, couch.URL, dsn, dsn))
+	store := &flakyErrors{entries: map[string]engine.ErrorEntry{}}
+	store.setDown(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	p := engine.NewPillow(spec, engine.RunOptions{Log: quietLog(), Errors: store})
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("pillow: %v", err)
+		}
+	}()
+	checkpoint := func() int64 { return count(dsn, "SELECT seq::int8 FROM ptop_checkpoints WHERE pillow = 'eo'") }
+	rows := func() int64 { return count(dsn, "SELECT count(*) FROM docs") }
+	waitFor(t, "two attempts to record", func() bool { return store.callCount() >= 2 })
+	if cp, n := checkpoint(), rows(); cp > 0 || n > 0 {
+		t.Fatalf("with the error store down: checkpoint %d, %d rows; want neither past the rejected change d0", cp, n)
+	}
+	store.setDown(false)
+	waitFor(t, "checkpoint 10", func() bool { return checkpoint() == 10 })
+	if n := rows(); n != 8 {
+		t.Fatalf("%d rows, want 8", n)
+	}
+	if ids := store.ids(); fmt.Sprint(ids) != "[d0 d4]" {
+		t.Fatalf("error store holds %v, want [d0 d4]", ids)
+	}
+}

@@ -286,7 +286,7 @@ func (s *Sink) schema(ctx context.Context) (*schema, error) {
 
 // Write implements engine.Sink.
 func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
-	return s.write(ctx, records, "", "")
+	return s.writeTx(ctx, records, "", "", nil)
 }
 
 // SharesStore implements engine.TransactionalSink: cps shares this sink's
@@ -306,7 +306,9 @@ func (s *Sink) SharesStore(cps engine.CheckpointStore) bool {
 
 // WriteCheckpointed implements engine.TransactionalSink: the records and
 // the pillow's checkpoint are committed together.
-func (s *Sink) WriteCheckpointed(ctx context.Context, records []engine.Record, pillow, seq string) error {
+// The records Postgres rejects are handed to recordRejected before the
+// commit; if it fails, the transaction is rolled back.
+func (s *Sink) WriteCheckpointed(ctx context.Context, records []engine.Record, pillow, seq string, recordRejected func(engine.RecordErrors) error) error {
 	s.mu.Lock()
 	cps := s.cps
 	s.mu.Unlock()
@@ -314,9 +316,9 @@ func (s *Sink) WriteCheckpointed(ctx context.Context, records []engine.Record, p
 		return errors.New("postgres: WriteCheckpointed without a checkpoint store in the same database")
 	}
 	if seq == "" {
-		return s.write(ctx, records, "", "")
+		pillow = ""
 	}
-	return s.write(ctx, records, pillow, seq)
+	return s.writeTx(ctx, records, pillow, seq, recordRejected)
 }
 
 // Close implements engine.Sink.
@@ -359,14 +361,20 @@ type batch struct {
 	ups      []row // one per id, values not encoded yet
 	dels     []row
 	rejected engine.RecordErrors
+	// failed are the records rejected before the transaction (no id);
+	// onRejected, when set, is given them and rejected before the commit.
+	failed     engine.RecordErrors
+	onRejected func(engine.RecordErrors) error
 }
 
 func (b *batch) reject(r row, err error) {
 	b.rejected = append(b.rejected, engine.RecordError{Index: r.index, Err: rejection(err)})
 }
 
-// write writes a batch, with pillow's checkpoint when seq is set.
-func (s *Sink) write(ctx context.Context, records []engine.Record, pillow, seq string) error {
+// writeTx writes a batch, with pillow's checkpoint when seq is set. With
+// recordRejected, the rejected records are handed to it before the commit
+// instead of being returned.
+func (s *Sink) writeTx(ctx context.Context, records []engine.Record, pillow, seq string, recordRejected func(engine.RecordErrors) error) error {
 	sch, err := s.schema(ctx)
 	if err != nil {
 		return err
@@ -393,9 +401,10 @@ func (s *Sink) write(ctx context.Context, records []engine.Record, pillow, seq s
 			b.ups = append(b.ups, r)
 		}
 	}
-	if len(b.ups) == 0 && len(b.dels) == 0 && seq == "" {
+	if len(b.ups) == 0 && len(b.dels) == 0 && seq == "" && recordRejected == nil {
 		return recordErrors(failed)
 	}
+	b.failed, b.onRejected = failed, recordRejected
 	s.mu.Lock()
 	cps, cpReady := s.cps, s.cpReady
 	s.mu.Unlock()
@@ -425,6 +434,9 @@ func (s *Sink) write(ctx context.Context, records []engine.Record, pillow, seq s
 	}
 	if err != nil {
 		return s.writeError(err)
+	}
+	if recordRejected != nil {
+		return nil // handed over before the commit
 	}
 	return recordErrors(append(failed, b.rejected...))
 }
@@ -459,7 +471,7 @@ func recordErrors(errs engine.RecordErrors) error {
 // are found by bisection.
 func (s *Sink) transaction(ctx context.Context, pool *pgxpool.Pool, sch *schema, b *batch, m mode,
 	cps *Checkpoints, pillow, seq string) error {
-	if m == copyAll && len(b.dels) == 0 && seq == "" {
+	if m == copyAll && len(b.dels) == 0 && seq == "" && b.onRejected == nil {
 		// One COPY is a transaction of its own: no BEGIN and COMMIT
 		// round trips.
 		conn, err := pool.Acquire(ctx)
@@ -523,6 +535,13 @@ func (s *Sink) transaction(ctx context.Context, pool *pgxpool.Pool, sch *schema,
 	if seq != "" {
 		if err := cps.save(ctx, tx, pillow, seq); err != nil {
 			return err
+		}
+	}
+	if b.onRejected != nil {
+		if rej := append(append(engine.RecordErrors(nil), b.failed...), b.rejected...); len(rej) > 0 {
+			if err := b.onRejected(recordErrors(rej).(engine.RecordErrors)); err != nil {
+				return err
+			}
 		}
 	}
 	return tx.Commit(ctx)

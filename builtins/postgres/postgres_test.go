@@ -445,13 +445,13 @@ func TestSharesStore(t *testing.T) {
 	}
 	open(t, s)
 	ctx := context.Background()
-	if err := s.WriteCheckpointed(ctx, []engine.Record{rec("a", "1-a", map[string]any{})}, "p", "7"); err != nil {
+	if err := s.WriteCheckpointed(ctx, []engine.Record{rec("a", "1-a", map[string]any{})}, "p", "7", nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.WriteCheckpointed(ctx, nil, "p", "8-opaque"); err != nil {
+	if err := s.WriteCheckpointed(ctx, nil, "p", "8-opaque", nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.WriteCheckpointed(ctx, []engine.Record{rec("b", "1-b", map[string]any{})}, "p", ""); err != nil {
+	if err := s.WriteCheckpointed(ctx, []engine.Record{rec("b", "1-b", map[string]any{})}, "p", "", nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := table(t, pg, dsn, "SELECT pillow, seq FROM cps"); got != "p|8-opaque" {
@@ -462,7 +462,7 @@ func TestSharesStore(t *testing.T) {
 	}
 
 	// A rejected record is reported, and the rest commits with the checkpoint.
-	err := s.WriteCheckpointed(ctx, []engine.Record{rec("c", "1-c", map[string]any{}), {ID: "", Rev: "1-x"}}, "p", "9")
+	err := s.WriteCheckpointed(ctx, []engine.Record{rec("c", "1-c", map[string]any{}), {ID: "", Rev: "1-x"}}, "p", "9", nil)
 	var re engine.RecordErrors
 	if !errors.As(err, &re) || len(re) != 1 || re[0].Index != 1 {
 		t.Fatalf("error %v", err)

@@ -478,14 +478,14 @@ func TestRebuildCheckpointed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer target.Close()
-	if err := target.WriteCheckpointed(ctx, []engine.Record{rec("a", "1-a", nil)}, "p.reindex", "5"); err != nil {
+	if err := target.WriteCheckpointed(ctx, []engine.Record{rec("a", "1-a", nil)}, "p.reindex", "5", nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := table(t, pg, dsn, "SELECT (SELECT seq FROM cps WHERE pillow = 'p.reindex'), (SELECT _id FROM t__reindex)"); got != "5|a" {
 		t.Fatalf("checkpoint and rows %s", got)
 	}
 	promote(t, s, false)
-	if err := target.WriteCheckpointed(ctx, []engine.Record{rec("b", "1-b", nil)}, "p.reindex", "6"); err != nil {
+	if err := target.WriteCheckpointed(ctx, []engine.Record{rec("b", "1-b", nil)}, "p.reindex", "6", nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := table(t, pg, dsn, "SELECT (SELECT seq FROM cps WHERE pillow = 'p.reindex'), (SELECT string_agg(_id, ',' ORDER BY _id) FROM t)"); got != "6|a,b" {
@@ -501,7 +501,7 @@ func TestRebuildCheckpointed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ts2.Close()
-	if err := ts2.(engine.TransactionalSink).WriteCheckpointed(ctx, []engine.Record{rec("a", "1-a", nil)}, "q.reindex", "1"); err != nil {
+	if err := ts2.(engine.TransactionalSink).WriteCheckpointed(ctx, []engine.Record{rec("a", "1-a", nil)}, "q.reindex", "1", nil); err != nil {
 		t.Fatal(err)
 	}
 }
