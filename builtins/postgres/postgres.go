@@ -59,7 +59,12 @@
 // A record that Postgres rejects on its own (a value it cannot parse, a
 // constraint) does not hold the batch: the batch is written again with the
 // rejected records found by bisection under savepoints, and
-// engine.RecordErrors names exactly those; the rest are committed. Any
+// engine.RecordErrors names exactly those; the rest are committed. When
+// a batch has rejected records, the sink first checks that the table's
+// column types are still those its statements were made for: after an
+// ALTER COLUMN … TYPE while the pillow runs, it reads them again and
+// writes the batch again (once), so that values the table now takes are
+// not rejected under the old type. Any
 // other error (connection refused or lost, timeout, server shutting down)
 // fails the whole batch, which the engine retries with backoff while the
 // checkpoint holds. A table or column that disappears while the pillow
@@ -336,9 +341,12 @@ func (s *Sink) Close() error {
 // errSlow says a batch has a record Postgres rejects: it is written again
 // with the rejected records found one by one. errConflict says COPY met a
 // row that exists: the batch is written again, upserting those.
+// errStale says the table's column types changed since the sink
+// prepared its statements: the batch is written again with new ones.
 var (
 	errSlow     = errors.New("a record was rejected")
 	errConflict = errors.New("a row exists")
+	errStale    = errors.New("the table's column types changed")
 )
 
 // How a transaction writes the upserts of a batch.
@@ -365,6 +373,9 @@ type batch struct {
 	// onRejected, when set, is given them and rejected before the commit.
 	failed     engine.RecordErrors
 	onRejected func(engine.RecordErrors) error
+	// checked: the table's types were checked after records were
+	// rejected (see schema.stale).
+	checked bool
 }
 
 func (b *batch) reject(r row, err error) {
@@ -419,18 +430,40 @@ func (s *Sink) writeTx(ctx context.Context, records []engine.Record, pillow, seq
 		s.cpReady = true
 		s.mu.Unlock()
 	}
-	m := split
-	if s.allNew.Load() {
-		m = copyAll
-	}
-	err = s.transaction(ctx, pool, sch, b, m, cps, pillow, seq)
-	if errors.Is(err, errConflict) {
+	for refreshed := false; ; refreshed = true {
 		b.rejected = b.rejected[:0]
-		err = s.transaction(ctx, pool, sch, b, split, cps, pillow, seq)
-	}
-	if errors.Is(err, errSlow) {
-		b.rejected = b.rejected[:0]
-		err = s.transaction(ctx, pool, sch, b, slow, cps, pillow, seq)
+		m := split
+		if s.allNew.Load() {
+			m = copyAll
+		}
+		err = s.transaction(ctx, pool, sch, b, m, cps, pillow, seq)
+		if errors.Is(err, errConflict) {
+			b.rejected = b.rejected[:0]
+			err = s.transaction(ctx, pool, sch, b, split, cps, pillow, seq)
+		}
+		if errors.Is(err, errSlow) {
+			b.rejected = b.rejected[:0]
+			err = s.transaction(ctx, pool, sch, b, slow, cps, pillow, seq)
+		}
+		if err == nil && len(b.rejected) > 0 && !b.checked && !refreshed {
+			// Written without a transaction of ours (one COPY): check now.
+			var stale bool
+			if stale, err = sch.stale(ctx, pool); err == nil && stale {
+				err = errStale
+			}
+		}
+		if !errors.Is(err, errStale) || refreshed {
+			break
+		}
+		s.log.Info("the table's column types changed; writing the batch again with them", "table", sch.table.Sanitize())
+		s.mu.Lock()
+		if s.sch == sch {
+			s.sch = nil
+		}
+		s.mu.Unlock()
+		if sch, err = s.schema(ctx); err != nil {
+			return err
+		}
 	}
 	if err != nil {
 		return s.writeError(err)
@@ -535,6 +568,18 @@ func (s *Sink) transaction(ctx context.Context, pool *pgxpool.Pool, sch *schema,
 	if seq != "" {
 		if err := cps.save(ctx, tx, pillow, seq); err != nil {
 			return err
+		}
+	}
+	if len(b.rejected) > 0 && !b.checked {
+		// Rejected under the types the statements were made for: if the
+		// table's differ now, they were rejected for nothing.
+		b.checked = true
+		stale, err := sch.stale(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if stale {
+			return errStale
 		}
 	}
 	if b.onRejected != nil {

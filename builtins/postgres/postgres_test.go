@@ -498,3 +498,34 @@ func TestClassify(t *testing.T) {
 		}
 	}
 }
+
+// TestColumnTypeAltered: after ALTER COLUMN … TYPE while the sink runs,
+// values the table now takes are not rejected under the old type: the
+// sink reads the table's types again and writes the batch again, once.
+func TestColumnTypeAltered(t *testing.T) {
+	t.Parallel()
+	pg := testenv.SharedPostgres(t)
+	dsn := pg.NewDatabase(t)
+	s := loadSink(t, fmt.Sprintf("dsn: %q\ntable: t\ncolumns: {n: integer}\ncreate: true\n", dsn))
+	open(t, s)
+	write(t, s, rec("a", "1-a", map[string]any{"n": 1.0}), rec("b", "1-b", map[string]any{"n": 2.0}))
+	pg.ExecIn(t, dsn, "ALTER TABLE t ALTER COLUMN n TYPE bigint")
+	for _, round := range []struct {
+		name string
+		ids  [3]string
+	}{{"existing rows (upsert)", [3]string{"a", "b", "c"}}, {"new rows (COPY)", [3]string{"x", "y", "z"}}} {
+		err := s.Write(context.Background(), []engine.Record{
+			rec(round.ids[0], "2-a", map[string]any{"n": 5e9}),
+			rec(round.ids[1], "2-b", map[string]any{"n": "not a number"}),
+			rec(round.ids[2], "2-c", map[string]any{"n": 6e9}),
+		})
+		var re engine.RecordErrors
+		if !errors.As(err, &re) || len(re) != 1 || re[0].Index != 1 {
+			t.Fatalf("%s: error %v, want only record 1 rejected", round.name, err)
+		}
+		got := pg.Query(t, dsn, fmt.Sprintf("SELECT n FROM t WHERE _id IN ('%s', '%s') ORDER BY _id", round.ids[0], round.ids[2]))
+		if len(got) != 2 || got[0][0] != int64(5e9) || got[1][0] != int64(6e9) {
+			t.Fatalf("%s: rows %v, want 5000000000 and 6000000000", round.name, got)
+		}
+	}
+}
