@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	json "github.com/goccy/go-json"
 
@@ -210,6 +211,10 @@ func judge(it *bulkItem, isDelete bool) (verdict, string) {
 	case it.Error != nil && it.Error.Type == "index_not_found_exception":
 		// The server creates no index by itself here (or the alias is
 		// missing): a setup problem, not the record's.
+		return itemFatal, why
+	case it.Error != nil && strings.Contains(it.Error.Reason, "no write index is defined"):
+		// The alias points at several indexes, none of them its write
+		// index: a problem of the alias, not the record's.
 		return itemFatal, why
 	case it.Error != nil && it.Error.Type == "cluster_block_exception":
 		// The index is read-only (a full disk, a kept old index): a

@@ -79,6 +79,11 @@
 // times with backoff; after that, and when the whole request fails
 // (connection refused, timeout, 429, 5xx), the batch is handed back to
 // the engine, which retries it with backoff while the checkpoint holds.
+// So is a batch whose records fail for a reason of the index rather than
+// their own: a read-only index (cluster_block_exception), an alias that
+// points at several indexes with no write index, a missing index. A
+// managed index (or its alias) deleted while the pillow runs is created
+// again, as Open creates it, and the batch sent again.
 // Refresh is left to the server.
 package elasticsearch
 
@@ -508,8 +513,21 @@ func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
 	var rerrs engine.RecordErrors
 	spans := s.enc.encode(records, &rerrs)
 	backoff := component.Backoff{Max: 5 * time.Second}
+	reopened, encErrs := false, len(rerrs)
 	for attempt := 0; len(spans) > 0; attempt++ {
 		retry, err := s.send(ctx, records, spans, &rerrs)
+		if errors.Is(err, errIndexGone) && s.body != nil && !s.rebuild && !reopened {
+			// The index (and so its alias) was deleted while the pillow
+			// runs: create them again, as Open does, and send again.
+			reopened = true
+			rerrs = rerrs[:encErrs]
+			if oerr := s.ensureIndex(ctx); oerr != nil {
+				return fmt.Errorf("%w; creating the index and alias again: %w", err, oerr)
+			}
+			s.log.Warn("the index or its alias was gone; created again", "alias", s.alias, "index", s.current)
+			attempt--
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -535,6 +553,10 @@ func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
 	}
 	return nil
 }
+
+// errIndexGone marks a batch refused because the index or alias it is
+// written through does not exist.
+var errIndexGone = errors.New("the index is gone")
 
 // maxRequestBytes bounds one _bulk request (servers take 100 MB by
 // default); a larger batch goes in several.
@@ -578,7 +600,11 @@ func (s *Sink) send(ctx context.Context, records []engine.Record, spans []span, 
 			case itemRejected:
 				*rerrs = append(*rerrs, engine.RecordError{Index: sp.rec, Err: errors.New(why)})
 			case itemFatal:
-				return nil, fmt.Errorf("_bulk at %s: %s", s.redacted, why)
+				err := fmt.Errorf("_bulk at %s: %s", s.redacted, why)
+				if e := items[i].Error; e != nil && e.Type == "index_not_found_exception" {
+					err = fmt.Errorf("%w: %w", errIndexGone, err)
+				}
+				return nil, err
 			}
 		}
 	}
