@@ -71,3 +71,6 @@ func names(reg map[string]plugin) string {
 	sort.Strings(ns)
 	return strings.Join(ns, ", ")
 }
+
+// SeqPosition is component.SeqPosition.
+func SeqPosition(seq string) int64 { return component.SeqPosition(seq) }

@@ -144,8 +144,28 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 	if err != nil {
 		return fmt.Errorf("pillow %s: %w", s.Name, err)
 	}
-	if _, err := runUntil(ctx, s, live, catchupName, end, "catch-up", opts); err != nil {
+	caughtUp, err := runUntil(ctx, s, live, catchupName, end, "catch-up", opts)
+	if err != nil {
 		return err
+	}
+	// A live checkpoint past the feed's end belongs to a database that was
+	// recreated since (the live pillow stopped when its feed went back):
+	// the rebuilt sinks hold the new database; the live pillow goes on
+	// from where the reindex ended.
+	liveAt, err := s.cps.LoadCheckpoint(ctx, s.Name)
+	if err != nil {
+		return fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
+	feedEnd, err := pc.Pending(ctx, "0")
+	if err != nil {
+		return fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
+	if seqNumber(liveAt) > feedEnd && caughtUp != "" {
+		if err := s.cps.SaveCheckpoint(ctx, s.Name, caughtUp); err != nil {
+			return fmt.Errorf("pillow %s: %w", s.Name, err)
+		}
+		log.Warn("reindex: the live pillow's checkpoint was past the end of the feed (its database was recreated); it now goes on from where the reindex ended",
+			"was", liveAt, "now", caughtUp)
 	}
 	for _, n := range []string{rebuildName, catchupName} {
 		if err := s.cps.SaveCheckpoint(ctx, n, "0"); err != nil {

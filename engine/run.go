@@ -149,6 +149,9 @@ type batch struct {
 	lastSeq  string
 	filtered int
 	retry    bool // documents read again to retry their failures: no checkpoint
+	// rewind, when set, ends the pillow: the feed went back, and a sink
+	// keeps records by feed position (see checkRewind).
+	rewind error
 }
 
 // Run reads the pillow's feed from its checkpoint and writes what it makes
@@ -168,7 +171,6 @@ func (p *Pillow) Run(ctx context.Context) error {
 	defer stopDrain()
 
 	p.startTime.Store(time.Now().UnixNano())
-	p.lastSeqNum = -1
 	since := ""
 	if p.cps != nil {
 		var err error
@@ -181,6 +183,7 @@ func (p *Pillow) Run(ctx context.Context) error {
 		}
 		p.Stats.Checkpoint.Store(since)
 	}
+	p.lastSeqNum = seqNumber(since)
 	if since == "" && p.opts.Since == "" && p.cps != nil {
 		// A start relative to now ("now") is fixed and saved before
 		// anything is read: should the pillow stop before its first
@@ -268,9 +271,16 @@ func (p *Pillow) Run(ctx context.Context) error {
 		}
 	}()
 	var writeErr error
+	rewound := false
 	for b := range processed {
 		if writeErr != nil {
 			continue // drain the pipeline; nothing more is checkpointed
+		}
+		if b.rewind != nil {
+			rewound = true
+			writeErr = Permanent(b.rewind)
+			stopReading()
+			continue
 		}
 		if writeErr = p.write(work, b); writeErr != nil {
 			stopReading()
@@ -299,6 +309,16 @@ func (p *Pillow) Run(ctx context.Context) error {
 	}
 	close(cpCh)
 	<-cpDone
+	if rewound && p.cps != nil {
+		// Saved again, into the recreated database when it holds the
+		// checkpoints: the next start goes back again and stops again,
+		// until a reindex moves the checkpoint to the new feed.
+		if cp, _ := p.Stats.Checkpoint.Load().(string); cp != "" {
+			if err := p.cps.SaveCheckpoint(work, p.opts.CheckpointName, cp); err != nil {
+				p.log.Warn("checkpoint not saved again after the feed went back", "seq", cp, "error", err)
+			}
+		}
+	}
 	if writeErr != nil {
 		if IsPermanent(writeErr) {
 			return fmt.Errorf("pillow %s: %w", s.Name, writeErr)
@@ -338,6 +358,7 @@ func (p *Pillow) batcher(in <-chan Change, retries <-chan []Change, out chan<- *
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var cur *batch
+	rewound := false // the pillow ends: what follows is not processed
 	flush := func() {
 		if cur != nil {
 			out <- cur
@@ -352,6 +373,18 @@ func (p *Pillow) batcher(in <-chan Change, retries <-chan []Change, out chan<- *
 				flush()
 				return
 			}
+			if rewound {
+				continue
+			}
+			if c.Seq != "" {
+				if err := p.checkRewind(c.Seq); err != nil {
+					// The changes before it are written; none after.
+					flush()
+					out <- &batch{rewind: err}
+					rewound = true
+					continue
+				}
+			}
 			if cur == nil {
 				cur = &batch{changes: make([]Change, 0, size)}
 				timer.Reset(wait)
@@ -359,7 +392,6 @@ func (p *Pillow) batcher(in <-chan Change, retries <-chan []Change, out chan<- *
 			cur.changes = append(cur.changes, c)
 			if c.Seq != "" {
 				cur.lastSeq = c.Seq
-				p.checkRewind(c.Seq)
 			}
 			if len(cur.changes) >= size {
 				flush()
@@ -367,23 +399,38 @@ func (p *Pillow) batcher(in <-chan Change, retries <-chan []Change, out chan<- *
 		case <-timer.C:
 			flush()
 		case cs := <-retries:
-			out <- &batch{changes: cs, retry: true}
+			if !rewound {
+				out <- &batch{changes: cs, retry: true}
+			}
 		}
 	}
 }
 
 // checkRewind notices a feed whose sequence goes backwards by its numeric
-// prefix: a CouchDB cluster failover, or a restored database.
-func (p *Pillow) checkRewind(seq string) {
+// prefix (from the checkpoint on): a database recreated or restored, a
+// CouchDB cluster failover. When a sink keeps records by feed position
+// (PositionGuard), the positions of the changes that follow are lower
+// than those of the records it holds, and it would refuse them: the
+// pillow must not go on mixing the two, and checkRewind returns the
+// error that stops it. Otherwise a rewind is logged and counted.
+func (p *Pillow) checkRewind(seq string) error {
 	n := seqNumber(seq)
 	if n < 0 {
-		return
+		return nil
 	}
 	if n < p.lastSeqNum {
-		p.log.Warn("sequence rewind: the feed went back", "from", p.lastSeqNum, "to", seq)
 		p.opts.Metrics.rewinds.WithLabelValues(p.Spec.Name).Inc()
+		for _, o := range p.Spec.outputs {
+			if g, ok := o.Sink.(PositionGuard); ok && g.GuardsPositions() {
+				return fmt.Errorf("the feed went back from position %d to %s (its database was recreated or restored, or a cluster node failed over): "+
+					"sink %s keeps records by feed position and would refuse the new changes; run ptop reindex %s, which rebuilds the sinks from the new feed",
+					p.lastSeqNum, seq, o.Name, p.Spec.Name)
+			}
+		}
+		p.log.Warn("sequence rewind: the feed went back", "from", p.lastSeqNum, "to", seq)
 	}
 	p.lastSeqNum = n
+	return nil
 }
 
 // worker holds what one goroutine needs to run filter and transform.

@@ -20,24 +20,26 @@
 // document; a deletion deletes that id. A delete of an id that is not
 // there succeeds.
 //
-// # Older revisions never win
+// # Older deliveries never win
 //
 // Writes use external versioning (version_type=external_gte) with the
-// generation of the source document's revision as the version ("3-abc"
-// is 3), deletions too. A record of an older revision than the one
-// indexed — a replay, or a reindex overlapping the live feed — is turned
-// away by the server (409), which the sink counts as done. An equal
-// generation overwrites: that lets a replay after a changed transform
-// apply, and two conflicting revisions of one generation (a CouchDB
-// conflict) land in feed order, which is the order of CouchDB's winner.
-// Known limits: a deletion's version is kept by the server for
-// index.gc_deletes (default 60s; raise it in settings to cover a long
-// reindex); and when the winning branch of a conflicted document is
-// deleted, the surviving branch may have a lower generation than the
-// deletion and is not indexed until it is next updated. Records of a
-// source that gives no revision are written unversioned. The index must
-// have no other writer: the versions that the server gives to unversioned
-// writes would make revisions look older than they are.
+// feed position of the change as the version (the numeric prefix of its
+// sequence id: "42" and "42-g1AAAA…" are 42), deletions too. A record of
+// an earlier change than the one indexed (a reindex's catch-up replaying
+// a change the live pillow has written since, a second writer) is turned
+// away by the server (409), which the sink counts as done; every later
+// change of the feed is written, whatever its revision (CouchDB's current
+// revision of a conflicted document can have a lower generation than the
+// one it replaces). An equal position overwrites: a replay after a crash
+// or a changed transform applies. Records without a position (a document
+// read again to retry its failure, a source whose sequence ids have no
+// number) are written unversioned. When the feed goes back (its database
+// was recreated), the engine stops the pillow and asks for a reindex: see
+// the README. Known limits: a deletion's version is kept by the server
+// for index.gc_deletes (default 60s; raise it in settings to cover a long
+// reindex). The index must have no other writer: the versions that the
+// server gives to unversioned writes would make changes look later than
+// they are.
 //
 // # Index management
 //
@@ -649,4 +651,11 @@ func (s *Sink) Close() error {
 	return nil
 }
 
-var _ engine.Sink = (*Sink)(nil)
+// GuardsPositions implements engine.PositionGuard: documents are kept
+// over records of earlier changes (external versions).
+func (s *Sink) GuardsPositions() bool { return true }
+
+var (
+	_ engine.Sink          = (*Sink)(nil)
+	_ engine.PositionGuard = (*Sink)(nil)
+)

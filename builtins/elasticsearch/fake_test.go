@@ -363,11 +363,3 @@ func TestFakeLargeBatchSplit(t *testing.T) {
 		t.Fatalf("%d requests with %d actions, want 3 with 70", len(rs), total)
 	}
 }
-
-func TestGeneration(t *testing.T) {
-	for rev, want := range map[string]int64{"3-abc": 3, "12-x": 12, "1": 1, "": 0, "abc": 0, "-1": 0, "3x-1": 0, "99999999999999999999-a": 0} {
-		if got := generation(rev); got != want {
-			t.Errorf("generation(%q) = %d, want %d", rev, got, want)
-		}
-	}
-}

@@ -58,7 +58,7 @@ func TestWriteUpdateDelete(t *testing.T) {
 			}
 		}
 		if _, v, _ := srv.GetDoc(t, index, "ü"); v != 2 {
-			t.Errorf("version %d, want the generation 2", v)
+			t.Errorf("version %d, want the position 2", v)
 		}
 
 		// An update replaces the document; a deletion removes it; a

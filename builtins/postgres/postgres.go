@@ -19,9 +19,10 @@
 // # Table
 //
 // The table has the key column (text primary key when the sink creates
-// it), the configured columns, doc jsonb (unless doc: false), and two
-// columns of the record's revision: _rev text and _rev_gen bigint, its
-// generation (the integer before the dash: "3-abc" → 3). Without create a
+// it), the configured columns, doc jsonb (unless doc: false), _rev text,
+// the record's revision, and _seq bigint, the feed position of the change
+// it was written from (the numeric prefix of its sequence id: "42" and
+// "42-g1AAAA…" are 42). Without create a
 // missing table or column stops the pillow at start, with the ALTER TABLE
 // that would fix it; the key column needs a primary key or unique index.
 // Columns of an existing table keep their types: values are converted to
@@ -40,13 +41,19 @@
 // # Writes
 //
 // A batch is written in one transaction. Records with the same id are
-// reduced to one, in order: the last, unless an earlier one has a newer
-// revision. Records are upserted only over rows of the same or an older
-// generation, and deletions remove only rows of the same or an older
-// generation, so an older revision never overwrites a newer one, also when
-// a reindex and the live feed overlap. Records without a revision (a
-// source that gives none) carry no order: they are written whatever the
-// row's generation, and any record with a revision replaces them.
+// reduced to one: the last. Records are upserted only over rows written
+// from the same or an earlier feed position, and deletions remove only
+// such rows, so that a delivery older than what a row holds (a reindex's
+// catch-up replaying a change the live pillow has written since, a
+// second writer) never overwrites it, while every later change of the
+// feed does, whatever its revision: CouchDB's current revision of a
+// conflicted document can have a lower generation than the one it
+// replaces, and the feed's last change of a document is the truth. Records
+// without a position (a document read again to retry its failure, a
+// source whose sequence ids have no number) carry no order: they are
+// written whatever the row's position, and any later change replaces
+// them. When the feed goes back (its database was recreated), the engine
+// stops the pillow and asks for a reindex: see the README.
 //
 // Rows whose key is not in the table yet go in with COPY (text format,
 // encoded while Postgres reads it); the others with one INSERT … ON
@@ -696,7 +703,7 @@ func upsert(ctx context.Context, tx pgx.Tx, sch *schema, rows []row) error {
 			cols[c][i] = pgtype.Text{String: v.s, Valid: v.ok}
 		}
 		revs[i] = pgtype.Text{String: r.rev.s, Valid: r.rev.ok}
-		gens[i] = pgtype.Int8{Int64: r.gen, Valid: r.hasG}
+		gens[i] = pgtype.Int8{Int64: r.pos, Valid: r.hasP}
 	}
 	args := make([]any, 0, ncols+3)
 	args = append(args, keys)
@@ -708,13 +715,13 @@ func upsert(ctx context.Context, tx pgx.Tx, sch *schema, rows []row) error {
 	return err
 }
 
-// deleteRows deletes the rows of the same or an older generation.
+// deleteRows deletes the rows written from the same or an earlier position.
 func deleteRows(ctx context.Context, tx pgx.Tx, sch *schema, rows []row) error {
 	keys := make([]string, len(rows))
 	gens := make([]pgtype.Int8, len(rows))
 	for i, r := range rows {
 		keys[i] = r.key
-		gens[i] = pgtype.Int8{Int64: r.gen, Valid: r.hasG}
+		gens[i] = pgtype.Int8{Int64: r.pos, Valid: r.hasP}
 	}
 	_, err := tx.Exec(ctx, sch.deleteSQL, keys, gens)
 	return err
@@ -802,7 +809,12 @@ func classify(err error) error {
 	return err
 }
 
+// GuardsPositions implements engine.PositionGuard: rows are kept over
+// records of earlier changes.
+func (s *Sink) GuardsPositions() bool { return true }
+
 var (
 	_ engine.Sink              = (*Sink)(nil)
 	_ engine.TransactionalSink = (*Sink)(nil)
+	_ engine.PositionGuard     = (*Sink)(nil)
 )

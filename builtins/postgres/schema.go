@@ -21,8 +21,8 @@ type schema struct {
 	newEncoder  func() *encoder
 	existingSQL string // $1 keys → the 1-based ordinals of those present
 	copySQL     string // COPY of new rows, text format
-	upsertSQL   string // $1 keys, then one text[] per data column, revs, generations
-	deleteSQL   string // $1 keys, $2 generations
+	upsertSQL   string // $1 keys, then one text[] per data column, revs, positions
+	deleteSQL   string // $1 keys, $2 positions
 }
 
 type column struct {
@@ -184,7 +184,7 @@ func (s *Sink) managedColumns() []column {
 	if s.cfg.Doc {
 		cs = append(cs, column{name: docColumn, typ: "jsonb"})
 	}
-	return append(cs, column{name: revColumn, typ: "text"}, column{name: genColumn, typ: "bigint"})
+	return append(cs, column{name: revColumn, typ: "text"}, column{name: seqColumn, typ: "bigint"})
 }
 
 func (s *Sink) managedType(name string) string {
@@ -270,7 +270,7 @@ func (s *Sink) prepare(d dest, cols map[string]column) *schema {
 	for _, c := range data {
 		names = append(names, pgx.Identifier{c}.Sanitize())
 	}
-	names = append(names, pgx.Identifier{revColumn}.Sanitize(), pgx.Identifier{genColumn}.Sanitize())
+	names = append(names, pgx.Identifier{revColumn}.Sanitize(), pgx.Identifier{seqColumn}.Sanitize())
 
 	// unnest($1::text[], …) AS u(c0, …): every value travels as text and
 	// is cast to its column's type, as COPY's text format would parse it.
@@ -292,7 +292,7 @@ func (s *Sink) prepare(d dest, cols map[string]column) *schema {
 	for _, nm := range names[1:] {
 		sets = append(sets, nm+" = EXCLUDED."+nm)
 	}
-	gen := pgx.Identifier{genColumn}.Sanitize()
+	gen := pgx.Identifier{seqColumn}.Sanitize()
 	newer := fmt.Sprintf("t.%s IS NULL OR EXCLUDED.%s IS NULL OR t.%s <= EXCLUDED.%s", gen, gen, gen, gen)
 
 	return &schema{
