@@ -111,8 +111,13 @@ type Rebuildable interface {
 	Sink
 	// RebuildTarget returns a sink that writes into the new destination,
 	// creating it if missing and reusing it if it exists (a reindex resumes
-	// after an interruption). It is opened and closed like any sink.
-	RebuildTarget(ctx context.Context) (Sink, error)
+	// after an interruption), or, when fresh, discarding what exists and
+	// creating it anew (a reindex that starts from the beginning). id
+	// names that destination's creation (an index's uuid, a table's oid):
+	// it changes when the destination is dropped and made again, so that a
+	// reindex's checkpoint is only resumed into the destination it was
+	// saved for. The sink is opened and closed like any sink.
+	RebuildTarget(ctx context.Context, fresh bool) (target Sink, id string, err error)
 	// Promote makes the new destination the live one, atomically (an alias
 	// flip, tables swapped by rename in one transaction), so that the live
 	// pillow's writes go to it from then on; the old destination is

@@ -102,13 +102,9 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 		}
 	}
 	if catchupAt == "" || catchupAt == "0" {
-		var targets []NamedSink
-		for i, r := range rebuild {
-			t, err := r.RebuildTarget(ctx)
-			if err != nil {
-				return fmt.Errorf("pillow %s: sink %s: %w", s.Name, live[i].Name, err)
-			}
-			targets = append(targets, NamedSink{Name: live[i].Name, Sink: t})
+		targets, err := rebuildTargets(ctx, s, rebuild, live, log)
+		if err != nil {
+			return err
 		}
 		end, err := pc.Pending(ctx, "0")
 		if err != nil {
@@ -174,6 +170,67 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 	}
 	log.Info("reindex: complete")
 	return nil
+}
+
+// rebuildTargets returns the sinks that write into the rebuilt
+// destinations. A rebuild checkpoint (NAME.reindex) is resumed only into
+// the destinations, and under the definition, it was saved for: its
+// identity (NAME.reindex-for) is the pillow's hash and each destination's
+// creation id. Anything else (a shadow table dropped, a half-built index
+// deleted, a changed mapping or transform) starts from the beginning, into
+// destinations made anew.
+func rebuildTargets(ctx context.Context, s *Spec, rebuild []Rebuildable, live []NamedSink, log *slog.Logger) ([]NamedSink, error) {
+	rebuildName, forName := s.Name+".reindex", s.Name+".reindex-for"
+	at, err := s.cps.LoadCheckpoint(ctx, rebuildName)
+	if err != nil {
+		return nil, fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
+	saved, err := s.cps.LoadCheckpoint(ctx, forName)
+	if err != nil {
+		return nil, fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
+	targetsFor := func(fresh bool) ([]NamedSink, string, error) {
+		var targets []NamedSink
+		identity := "definition " + s.Hash
+		for i, r := range rebuild {
+			t, id, err := r.RebuildTarget(ctx, fresh)
+			if err != nil {
+				return nil, "", fmt.Errorf("pillow %s: sink %s: %w", s.Name, live[i].Name, err)
+			}
+			targets = append(targets, NamedSink{Name: live[i].Name, Sink: t})
+			identity += "; sink " + live[i].Name + ": " + id
+		}
+		return targets, identity, nil
+	}
+	resume := at != "" && at != "0"
+	targets, identity, err := targetsFor(!resume)
+	if err != nil {
+		return nil, err
+	}
+	if resume && identity != saved {
+		why := "it was saved for other destinations or another definition of the pillow"
+		if saved == "" {
+			why = "it names no destinations"
+		}
+		log.Warn("reindex: not resuming from the rebuild's checkpoint: "+why+"; rebuilding from the beginning into new destinations",
+			"checkpoint", at, "saved_for", saved, "now", identity)
+		if targets, identity, err = targetsFor(true); err != nil {
+			return nil, err
+		}
+		resume = false
+	}
+	if resume {
+		log.Info("reindex: resuming the rebuild", "from", at)
+		return targets, nil
+	}
+	// The identity first: a checkpoint saved from now on belongs to it.
+	if err := s.cps.SaveCheckpoint(ctx, forName, identity); err != nil {
+		return nil, fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
+	if err := s.cps.SaveCheckpoint(ctx, rebuildName, "0"); err != nil {
+		return nil, fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
+	return targets, nil
 }
 
 // runUntil runs the pillow's feed into sinks, keeping its position under

@@ -601,3 +601,87 @@ sinks:
 		t.Fatalf("pillow after the reindex: %v", err)
 	}
 }
+
+// TestReindexCheckpointBelongsToItsTable: an interrupted reindex resumes
+// from its checkpoint only into the shadow table it was saved for, under
+// the same definition; when the shadow table was dropped, or the pillow's
+// definition changed, it rebuilds from the beginning. Each time the final
+// table holds every document.
+func TestReindexCheckpointBelongsToItsTable(t *testing.T) {
+	t.Parallel()
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	pg := testenv.SharedPostgres(t)
+	dsn := pg.NewDatabase(t)
+	couch.CreateDB(t, "docs")
+	const n = 3000
+	bulk(t, couch, "docs", 0, n, nil)
+	pillow := func(ver int) *engine.Spec {
+		return loadPillow(t, fmt.Sprintf(`name: ri
+source:
+  couchdb: {url: %q, db: docs, heartbeat: 1s}
+transform: |
+  function transform(doc) { return { _id: doc._id, i: doc.i, ver: %d }; }
+batch: {size: 10, wait: 20ms}
+workers: 1
+sinks:
+  - postgres: {dsn: %q, table: docs, columns: {i: integer, ver: integer}, doc: false, create: true}
+`, couch.URL, ver, dsn))
+	}
+	// reindex runs a reindex, interrupted once its rebuild has saved a
+	// checkpoint when interrupt is set, and returns how many changes its
+	// rebuild read.
+	reindex := func(spec *engine.Spec, interrupt bool) int64 {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		var seen int64
+		err := engine.Reindex(ctx, spec, engine.ReindexOptions{Log: quietLog(), Every: 10 * time.Millisecond,
+			Progress: func(p engine.ReindexProgress) {
+				if p.Phase != "rebuild" {
+					return
+				}
+				seen = p.Seen
+				if interrupt && p.Done > 0 {
+					cancel()
+				}
+			}})
+		if interrupt {
+			partial := count(dsn, "SELECT count(*) FROM docs__reindex")
+			if err == nil || partial <= 0 || partial >= n {
+				t.Fatalf("interrupted reindex: %v, with %d rows in the shadow table", err, partial)
+			}
+		} else if err != nil {
+			t.Fatalf("reindex: %v", err)
+		}
+		return seen
+	}
+	check := func(round string, ver int) {
+		t.Helper()
+		if got := count(dsn, fmt.Sprintf("SELECT count(*) FROM docs WHERE ver = %d", ver)); got != n {
+			t.Fatalf("%s: %d rows of version %d, want %d", round, got, ver, n)
+		}
+	}
+
+	// Interrupted, then run again as it was: it resumes.
+	reindex(pillow(1), true)
+	if seen := reindex(pillow(1), false); seen >= n {
+		t.Errorf("resumed: the rebuild read %d changes, want fewer than %d", seen, n)
+	}
+	check("resumed", 1)
+
+	// Interrupted, the shadow table dropped: from the beginning.
+	reindex(pillow(1), true)
+	pg.ExecIn(t, dsn, "DROP TABLE docs__reindex")
+	if seen := reindex(pillow(1), false); seen != n {
+		t.Errorf("after the shadow table was dropped: the rebuild read %d changes, want %d", seen, n)
+	}
+	check("shadow table dropped", 1)
+
+	// Interrupted, the definition changed: from the beginning, into a
+	// table made anew.
+	reindex(pillow(1), true)
+	if seen := reindex(pillow(2), false); seen != n {
+		t.Errorf("after the definition changed: the rebuild read %d changes, want %d", seen, n)
+	}
+	check("definition changed", 2)
+}

@@ -19,7 +19,7 @@ import (
 // when the test ends.
 func rebuildTarget(t testing.TB, s *Sink) *Sink {
 	t.Helper()
-	ts, err := s.RebuildTarget(context.Background())
+	ts, _, err := s.RebuildTarget(context.Background(), false)
 	if err != nil {
 		t.Fatalf("RebuildTarget: %v", err)
 	}
@@ -90,7 +90,7 @@ func TestRebuildTargetCreatesAndReuses(t *testing.T) {
 	}
 
 	// The sink of a rebuild is not rebuilt or promoted itself.
-	if _, err := target2.RebuildTarget(context.Background()); err == nil {
+	if _, _, err := target2.RebuildTarget(context.Background(), false); err == nil {
 		t.Error("RebuildTarget of a rebuild's sink succeeded")
 	}
 	if _, err := target2.Promote(context.Background(), false); err == nil {
@@ -115,7 +115,7 @@ func TestRebuildErrors(t *testing.T) {
 	// A name too long for its shadow.
 	long := strings.Repeat("n", 55)
 	s = loadSink(t, fmt.Sprintf("dsn: %q\ntable: %s\ncreate: true\n", dsn, long))
-	if _, err := s.RebuildTarget(ctx); err == nil || !engine.IsPermanent(err) || !strings.Contains(err.Error(), "too long") {
+	if _, _, err := s.RebuildTarget(ctx, false); err == nil || !engine.IsPermanent(err) || !strings.Contains(err.Error(), "too long") {
 		t.Errorf("RebuildTarget of a long name: %v", err)
 	}
 	if _, err := s.Promote(ctx, false); err == nil || !strings.Contains(err.Error(), "too long") {
@@ -466,7 +466,7 @@ func TestRebuildCheckpointed(t *testing.T) {
 	}
 	defer cps.(*Checkpoints).Close()
 	s := loadSink(t, fmt.Sprintf("dsn: %q\ntable: t\ncreate: true\n", dsn))
-	ts, err := s.RebuildTarget(ctx)
+	ts, _, err := s.RebuildTarget(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -496,7 +496,7 @@ func TestRebuildCheckpointed(t *testing.T) {
 	// the rebuild's too.
 	s2 := loadSink(t, fmt.Sprintf("dsn: %q\ntable: t2\ncreate: true\n", dsn))
 	s2.SharesStore(cps)
-	ts2, err := s2.RebuildTarget(ctx)
+	ts2, _, err := s2.RebuildTarget(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
