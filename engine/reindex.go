@@ -2,6 +2,8 @@ package engine
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -175,8 +177,8 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 // rebuildTargets returns the sinks that write into the rebuilt
 // destinations. A rebuild checkpoint (NAME.reindex) is resumed only into
 // the destinations, and under the definition, it was saved for: its
-// identity (NAME.reindex-for) is the pillow's hash and each destination's
-// creation id. Anything else (a shadow table dropped, a half-built index
+// identity (NAME.reindex-for, a digest of it) is the pillow's hash and
+// each destination's creation id. Anything else (a shadow table dropped, a half-built index
 // deleted, a changed mapping or transform) starts from the beginning, into
 // destinations made anew.
 func rebuildTargets(ctx context.Context, s *Spec, rebuild []Rebuildable, live []NamedSink, log *slog.Logger) ([]NamedSink, error) {
@@ -202,18 +204,24 @@ func rebuildTargets(ctx context.Context, s *Spec, rebuild []Rebuildable, live []
 		}
 		return targets, identity, nil
 	}
+	// Kept in the checkpoint store in the form of a sequence id, which any
+	// store takes.
+	key := func(identity string) string {
+		sum := sha256.Sum256([]byte(identity))
+		return "0-" + hex.EncodeToString(sum[:16])
+	}
 	resume := at != "" && at != "0"
 	targets, identity, err := targetsFor(!resume)
 	if err != nil {
 		return nil, err
 	}
-	if resume && identity != saved {
+	if resume && key(identity) != saved {
 		why := "it was saved for other destinations or another definition of the pillow"
 		if saved == "" {
 			why = "it names no destinations"
 		}
 		log.Warn("reindex: not resuming from the rebuild's checkpoint: "+why+"; rebuilding from the beginning into new destinations",
-			"checkpoint", at, "saved_for", saved, "now", identity)
+			"checkpoint", at, "destinations", identity)
 		if targets, identity, err = targetsFor(true); err != nil {
 			return nil, err
 		}
@@ -224,7 +232,8 @@ func rebuildTargets(ctx context.Context, s *Spec, rebuild []Rebuildable, live []
 		return targets, nil
 	}
 	// The identity first: a checkpoint saved from now on belongs to it.
-	if err := s.cps.SaveCheckpoint(ctx, forName, identity); err != nil {
+	log.Info("reindex: rebuilding into", "destinations", identity)
+	if err := s.cps.SaveCheckpoint(ctx, forName, key(identity)); err != nil {
 		return nil, fmt.Errorf("pillow %s: %w", s.Name, err)
 	}
 	if err := s.cps.SaveCheckpoint(ctx, rebuildName, "0"); err != nil {
