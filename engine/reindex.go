@@ -27,7 +27,8 @@ type ReindexOptions struct {
 	Resume string
 }
 
-// flipping marks the catch-up checkpoint while the flips are under way.
+// flipping marked the catch-up checkpoint while the flips were under way,
+// before NAME.reindex-flipping.
 const flipping = "flipping:"
 
 // ReindexProgress is how far a reindex is.
@@ -87,13 +88,25 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 	if err != nil {
 		return fmt.Errorf("pillow %s: %w", s.Name, err)
 	}
+	// A mark saved before the flips (the position the catch-up starts
+	// from) tells a later run that it may have stopped halfway. It has a
+	// checkpoint of its own, NAME.reindex-flipping, holding a sequence id
+	// as any store takes; earlier versions prefixed the catch-up's.
+	flipName := s.Name + ".reindex-flipping"
+	flipAt, err := s.cps.LoadCheckpoint(ctx, flipName)
+	if err != nil {
+		return fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
 	if at, ok := strings.CutPrefix(catchupAt, flipping); ok {
+		flipAt = at
+	}
+	if flipAt != "" && flipAt != "0" {
 		// Stopped while flipping: whether each flip happened is not known.
 		switch opts.Resume {
 		case "flipped":
-			catchupAt = at
+			catchupAt = flipAt
 		case "restart":
-			catchupAt = ""
+			catchupAt = "0"
 			if err := s.cps.SaveCheckpoint(ctx, rebuildName, "0"); err != nil {
 				return fmt.Errorf("pillow %s: %w", s.Name, err)
 			}
@@ -101,6 +114,11 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 			return fmt.Errorf("pillow %s: the last reindex stopped while flipping to the rebuilt destinations; "+
 				"check them, then run it again with --resume flipped (the alias or table now is the rebuilt one) "+
 				"or --resume restart (it is not: rebuild from the start)", s.Name)
+		}
+		for _, cp := range [][2]string{{catchupName, catchupAt}, {flipName, "0"}} {
+			if err := s.cps.SaveCheckpoint(ctx, cp[0], cp[1]); err != nil {
+				return fmt.Errorf("pillow %s: %w", s.Name, err)
+			}
 		}
 	}
 	if catchupAt == "" || catchupAt == "0" {
@@ -117,9 +135,8 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 		if err != nil {
 			return err
 		}
-		// The catch-up starts where the rebuild ended. A mark saved before
-		// the flip tells a later run that it may have stopped halfway.
-		if err := s.cps.SaveCheckpoint(ctx, catchupName, flipping+at); err != nil {
+		// The catch-up starts where the rebuild ended.
+		if err := s.cps.SaveCheckpoint(ctx, flipName, at); err != nil {
 			return fmt.Errorf("pillow %s: %w", s.Name, err)
 		}
 		// The flips are not interrupted by ctx: a half-done flip is worse
@@ -132,8 +149,10 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 			}
 			log.Info("reindex: flipped", "sink", live[i].Name, "what", what)
 		}
-		if err := s.cps.SaveCheckpoint(flipCtx, catchupName, at); err != nil {
-			return fmt.Errorf("pillow %s: %w", s.Name, err)
+		for _, cp := range [][2]string{{catchupName, at}, {flipName, "0"}} {
+			if err := s.cps.SaveCheckpoint(flipCtx, cp[0], cp[1]); err != nil {
+				return fmt.Errorf("pillow %s: %w", s.Name, err)
+			}
 		}
 	} else {
 		log.Info("reindex: resuming the catch-up after the flip", "from", catchupAt)

@@ -684,4 +684,22 @@ sinks:
 		t.Errorf("after the definition changed: the rebuild read %d changes, want %d", seen, n)
 	}
 	check("definition changed", 2)
+
+	// Stopped while flipping (its mark left behind): refused without
+	// --resume; with --resume restart, rebuilt from the beginning.
+	mark, _ := couch.Get(t, "docs", "_local/ptop-ri.reindex-flipping")
+	couch.Put(t, "docs", "_local/ptop-ri.reindex-flipping", map[string]any{"_rev": mark["_rev"], "seq": "1500"})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	err := engine.Reindex(ctx, pillow(3), engine.ReindexOptions{Log: quietLog()})
+	if err == nil || !strings.Contains(err.Error(), "stopped while flipping") {
+		t.Fatalf("reindex after a stop while flipping: %v", err)
+	}
+	if err := engine.Reindex(ctx, pillow(3), engine.ReindexOptions{Log: quietLog(), Every: 10 * time.Millisecond, Resume: "restart"}); err != nil {
+		t.Fatalf("reindex --resume restart: %v", err)
+	}
+	check("resume restart", 3)
+	if err := engine.Reindex(ctx, pillow(3), engine.ReindexOptions{Log: quietLog(), Every: 10 * time.Millisecond}); err != nil {
+		t.Fatalf("the next reindex: %v", err)
+	}
 }
