@@ -85,7 +85,8 @@
 // their own: a read-only index (cluster_block_exception), an alias that
 // points at several indexes with no write index, a missing index. A
 // managed index (or its alias) deleted while the pillow runs is created
-// again, as Open creates it, and the batch sent again.
+// again, as Open creates it, and the batch sent again; an alias removed
+// from an index that is still there is not put back.
 // Refresh is left to the server.
 package elasticsearch
 
@@ -518,9 +519,11 @@ func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
 	reopened, encErrs := false, len(rerrs)
 	for attempt := 0; len(spans) > 0; attempt++ {
 		retry, err := s.send(ctx, records, spans, &rerrs)
-		if errors.Is(err, errIndexGone) && s.body != nil && !s.rebuild && !reopened {
+		if errors.Is(err, errIndexGone) && s.body != nil && !s.rebuild && !reopened && s.indexGone(ctx) {
 			// The index (and so its alias) was deleted while the pillow
-			// runs: create them again, as Open does, and send again.
+			// runs: create them again, as Open does, and send again. (An
+			// alias removed from an index that is still there is left
+			// to whoever removed it: the batch waits.)
 			reopened = true
 			rerrs = rerrs[:encErrs]
 			if oerr := s.ensureIndex(ctx); oerr != nil {
@@ -554,6 +557,14 @@ func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
 		return rerrs
 	}
 	return nil
+}
+
+// indexGone reports whether the index the alias pointed at when the sink
+// checked it is known not to exist any more.
+func (s *Sink) indexGone(ctx context.Context) bool {
+	idx := s.Index()
+	status, _, err := s.do(ctx, http.MethodHead, "/"+url.PathEscape(idx), nil)
+	return err == nil && status == http.StatusNotFound
 }
 
 // errIndexGone marks a batch refused because the index or alias it is
