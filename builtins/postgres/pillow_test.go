@@ -703,3 +703,64 @@ sinks:
 		t.Fatalf("the next reindex: %v", err)
 	}
 }
+
+// TestRecreatedDatabaseWhileRunning: the database created again behind a
+// running pillow whose checkpoints live in that database (the default):
+// the pillow stops with the message to run ptop reindex and saves its
+// checkpoint again into the new database, so that the next start stops
+// too rather than reading the new database into rows it would refuse.
+// (The in-memory server restarted empty stands for the recreated
+// database: pouchdb-server keeps the feed of a deleted one open.)
+func TestRecreatedDatabaseWhileRunning(t *testing.T) {
+	t.Parallel()
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	pg := testenv.SharedPostgres(t)
+	dsn := pg.NewDatabase(t)
+	couch.CreateDB(t, "docs")
+	spec := loadPillow(t, fmt.Sprintf(`name: running
+source:
+  couchdb: {url: %q, db: docs, heartbeat: 200ms}
+batch: {size: 10, wait: 20ms}
+sinks:
+  - postgres: {dsn: %q, table: docs, columns: {v: text}, create: true}
+`, couch.URL, dsn))
+	rows := func() string { return table(t, pg, dsn, "SELECT _id, v FROM docs ORDER BY _id") }
+	for i := range 5 {
+		couch.Put(t, "docs", fmt.Sprintf("old%d", i), map[string]any{"v": "old"})
+	}
+	live := startPillow(t, spec)
+	waitFor(t, "the table", func() bool { return count(dsn, "SELECT count(*) FROM docs") == 5 })
+	old := rows()
+
+	couch.Kill(t)
+	couch.Restart(t)
+	couch.CreateDB(t, "docs")
+	couch.Put(t, "docs", "new1", map[string]any{"v": "new"})
+	couch.Put(t, "docs", "new2", map[string]any{"v": "new"})
+	for round, r := range []*running{live, nil} {
+		if r == nil {
+			r = startPillow(t, spec)
+		}
+		waitFor(t, "the pillow to stop by itself", r.ended)
+		if r.err == nil || !strings.Contains(r.err.Error(), "run ptop reindex running") {
+			t.Fatalf("round %d: pillow ended with %v, want the message to run ptop reindex", round, r.err)
+		}
+		if got := rows(); got != old {
+			t.Fatalf("round %d: the stopped pillow changed the table:\n%s", round, got)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := engine.Reindex(ctx, spec, engine.ReindexOptions{Log: quietLog(), Every: 20 * time.Millisecond}); err != nil {
+		t.Fatalf("reindex: %v", err)
+	}
+	if got, want := rows(), "new1|new\nnew2|new"; got != want {
+		t.Fatalf("after the reindex:\n%s\nwant\n%s", got, want)
+	}
+	live = startPillow(t, spec)
+	couch.Put(t, "docs", "new3", map[string]any{"v": "new"})
+	waitFor(t, "new3", func() bool { return rows() == "new1|new\nnew2|new\nnew3|new" })
+	if err := live.stop(t); err != nil {
+		t.Fatalf("pillow after the reindex: %v", err)
+	}
+}
