@@ -102,7 +102,15 @@ type TransactionalSink interface {
 	// pillow's checkpoint, atomically. records may be empty (a batch whose
 	// changes were all filtered out); seq may be empty (no change of the
 	// batch had one), and then only the records are written.
-	WriteCheckpointed(ctx context.Context, records []Record, pillow, seq string) error
+	//
+	// The records the server rejects are handed to recordRejected before
+	// the transaction commits, so that the checkpoint never passes a
+	// rejected record whose failure is not recorded; they are then
+	// acknowledged (not returned as RecordErrors). If recordRejected fails,
+	// nothing is committed and its error is returned: the engine retries
+	// the batch. recordRejected may be nil: rejected records are then
+	// returned as RecordErrors, after the commit.
+	WriteCheckpointed(ctx context.Context, records []Record, pillow, seq string, recordRejected func(RecordErrors) error) error
 }
 
 // Rebuildable is a sink whose destination `ptop reindex` can rebuild beside
@@ -111,8 +119,13 @@ type Rebuildable interface {
 	Sink
 	// RebuildTarget returns a sink that writes into the new destination,
 	// creating it if missing and reusing it if it exists (a reindex resumes
-	// after an interruption). It is opened and closed like any sink.
-	RebuildTarget(ctx context.Context) (Sink, error)
+	// after an interruption), or, when fresh, discarding what exists and
+	// creating it anew (a reindex that starts from the beginning). id
+	// names that destination's creation (an index's uuid, a table's oid):
+	// it changes when the destination is dropped and made again, so that a
+	// reindex's checkpoint is only resumed into the destination it was
+	// saved for. The sink is opened and closed like any sink.
+	RebuildTarget(ctx context.Context, fresh bool) (target Sink, id string, err error)
 	// Promote makes the new destination the live one, atomically (an alias
 	// flip, tables swapped by rename in one transaction), so that the live
 	// pillow's writes go to it from then on; the old destination is
@@ -227,6 +240,43 @@ type PendingCounter interface {
 	// Pending returns how many changes follow since (for CouchDB 2+ an
 	// estimate from the sequence ids' numeric prefixes).
 	Pending(ctx context.Context, since string) (int64, error)
+}
+
+// StartResolver is implemented by sources whose configured start is
+// relative to the time the pillow starts ("now"). Before a pillow with no
+// checkpoint reads anything, the engine asks for the position that start
+// means and saves it as the checkpoint, so that changes made while the
+// pillow is stopped before its first checkpoint are not skipped.
+type StartResolver interface {
+	// ResolveStart returns the feed position the configured start means
+	// now, or "" when it needs no resolving (an absolute position).
+	ResolveStart(ctx context.Context) (string, error)
+}
+
+// PositionGuard is implemented by sinks that keep a record only over one
+// written from an earlier feed position (see SeqPosition): when the feed
+// goes back (its database was recreated or restored), they would refuse
+// the new changes, so the engine stops the pillow and asks for a reindex.
+type PositionGuard interface {
+	GuardsPositions() bool
+}
+
+// SeqPosition is a change's position in its feed: the numeric prefix of
+// its sequence id ("42" or "42-g1AAAA…" is 42), which grows along one
+// feed; -1 when the sequence id has none.
+func SeqPosition(seq string) int64 {
+	var n int64
+	i := 0
+	for ; i < len(seq) && seq[i] >= '0' && seq[i] <= '9'; i++ {
+		if n > (1<<62)/10 {
+			return -1
+		}
+		n = n*10 + int64(seq[i]-'0')
+	}
+	if i == 0 {
+		return -1
+	}
+	return n
 }
 
 // CheckpointTimer is implemented by checkpoint stores that know when a

@@ -29,6 +29,8 @@ type (
 	FeedErrorer        = component.FeedErrorer
 	PendingCounter     = component.PendingCounter
 	CheckpointTimer    = component.CheckpointTimer
+	StartResolver      = component.StartResolver
+	PositionGuard      = component.PositionGuard
 	LogErrorStore      = component.LogErrorStore
 	BuildContext       = component.BuildContext
 )
@@ -70,3 +72,6 @@ func names(reg map[string]plugin) string {
 	sort.Strings(ns)
 	return strings.Join(ns, ", ")
 }
+
+// SeqPosition is component.SeqPosition.
+func SeqPosition(seq string) int64 { return component.SeqPosition(seq) }

@@ -2,6 +2,8 @@ package engine
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,7 +36,8 @@ type ReindexOptions struct {
 	lease *leaseKeeper
 }
 
-// flipping marks the catch-up checkpoint while the flips are under way.
+// flipping marked the catch-up checkpoint while the flips were under way,
+// before NAME.reindex-flipping.
 const flipping = "flipping:"
 
 // ReindexProgress is how far a reindex is.
@@ -110,13 +113,25 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 	if err != nil {
 		return fmt.Errorf("pillow %s: %w", s.Name, err)
 	}
+	// A mark saved before the flips (the position the catch-up starts
+	// from) tells a later run that it may have stopped halfway. It has a
+	// checkpoint of its own, NAME.reindex-flipping, holding a sequence id
+	// as any store takes; earlier versions prefixed the catch-up's.
+	flipName := s.Name + ".reindex-flipping"
+	flipAt, err := s.cps.LoadCheckpoint(ctx, flipName)
+	if err != nil {
+		return fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
 	if at, ok := strings.CutPrefix(catchupAt, flipping); ok {
+		flipAt = at
+	}
+	if flipAt != "" && flipAt != "0" {
 		// Stopped while flipping: whether each flip happened is not known.
 		switch opts.Resume {
 		case "flipped":
-			catchupAt = at
+			catchupAt = flipAt
 		case "restart":
-			catchupAt = ""
+			catchupAt = "0"
 			if err := s.cps.SaveCheckpoint(ctx, rebuildName, "0"); err != nil {
 				return fmt.Errorf("pillow %s: %w", s.Name, err)
 			}
@@ -125,15 +140,16 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 				"check them, then run it again with --resume flipped (the alias or table now is the rebuilt one) "+
 				"or --resume restart (it is not: rebuild from the start)", s.Name)
 		}
+		for _, cp := range [][2]string{{catchupName, catchupAt}, {flipName, "0"}} {
+			if err := s.cps.SaveCheckpoint(ctx, cp[0], cp[1]); err != nil {
+				return fmt.Errorf("pillow %s: %w", s.Name, err)
+			}
+		}
 	}
 	if catchupAt == "" || catchupAt == "0" {
-		var targets []NamedSink
-		for i, r := range rebuild {
-			t, err := r.RebuildTarget(ctx)
-			if err != nil {
-				return fmt.Errorf("pillow %s: sink %s: %w", s.Name, live[i].Name, err)
-			}
-			targets = append(targets, NamedSink{Name: live[i].Name, Sink: t})
+		targets, err := rebuildTargets(ctx, s, rebuild, live, log)
+		if err != nil {
+			return err
 		}
 		end, err := pc.Pending(ctx, "0")
 		if err != nil {
@@ -144,9 +160,8 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 		if err != nil {
 			return err
 		}
-		// The catch-up starts where the rebuild ended. A mark saved before
-		// the flip tells a later run that it may have stopped halfway.
-		if err := s.cps.SaveCheckpoint(ctx, catchupName, flipping+at); err != nil {
+		// The catch-up starts where the rebuild ended.
+		if err := s.cps.SaveCheckpoint(ctx, flipName, at); err != nil {
 			return fmt.Errorf("pillow %s: %w", s.Name, err)
 		}
 		// The flips are not interrupted by ctx: a half-done flip is worse
@@ -162,8 +177,10 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 			}
 			log.Info("reindex: flipped", "sink", live[i].Name, "what", what)
 		}
-		if err := s.cps.SaveCheckpoint(flipCtx, catchupName, at); err != nil {
-			return fmt.Errorf("pillow %s: %w", s.Name, err)
+		for _, cp := range [][2]string{{catchupName, at}, {flipName, "0"}} {
+			if err := s.cps.SaveCheckpoint(flipCtx, cp[0], cp[1]); err != nil {
+				return fmt.Errorf("pillow %s: %w", s.Name, err)
+			}
 		}
 	} else {
 		log.Info("reindex: resuming the catch-up after the flip", "from", catchupAt)
@@ -172,8 +189,28 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 	if err != nil {
 		return fmt.Errorf("pillow %s: %w", s.Name, err)
 	}
-	if _, err := runUntil(ctx, s, live, catchupName, end, "catch-up", opts); err != nil {
+	caughtUp, err := runUntil(ctx, s, live, catchupName, end, "catch-up", opts)
+	if err != nil {
 		return err
+	}
+	// A live checkpoint past the feed's end belongs to a database that was
+	// recreated since (the live pillow stopped when its feed went back):
+	// the rebuilt sinks hold the new database; the live pillow goes on
+	// from where the reindex ended.
+	liveAt, err := s.cps.LoadCheckpoint(ctx, s.Name)
+	if err != nil {
+		return fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
+	feedEnd, err := pc.Pending(ctx, "0")
+	if err != nil {
+		return fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
+	if seqNumber(liveAt) > feedEnd && caughtUp != "" {
+		if err := s.cps.SaveCheckpoint(ctx, s.Name, caughtUp); err != nil {
+			return fmt.Errorf("pillow %s: %w", s.Name, err)
+		}
+		log.Warn("reindex: the live pillow's checkpoint was past the end of the feed (its database was recreated); it now goes on from where the reindex ended",
+			"was", liveAt, "now", caughtUp)
 	}
 	for _, n := range []string{rebuildName, catchupName} {
 		if err := s.cps.SaveCheckpoint(ctx, n, "0"); err != nil {
@@ -182,6 +219,74 @@ func Reindex(ctx context.Context, s *Spec, opts ReindexOptions) error {
 	}
 	log.Info("reindex: complete")
 	return nil
+}
+
+// rebuildTargets returns the sinks that write into the rebuilt
+// destinations. A rebuild checkpoint (NAME.reindex) is resumed only into
+// the destinations, and under the definition, it was saved for: its
+// identity (NAME.reindex-for, a digest of it) is the pillow's hash and
+// each destination's creation id. Anything else (a shadow table dropped, a half-built index
+// deleted, a changed mapping or transform) starts from the beginning, into
+// destinations made anew.
+func rebuildTargets(ctx context.Context, s *Spec, rebuild []Rebuildable, live []NamedSink, log *slog.Logger) ([]NamedSink, error) {
+	rebuildName, forName := s.Name+".reindex", s.Name+".reindex-for"
+	at, err := s.cps.LoadCheckpoint(ctx, rebuildName)
+	if err != nil {
+		return nil, fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
+	saved, err := s.cps.LoadCheckpoint(ctx, forName)
+	if err != nil {
+		return nil, fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
+	targetsFor := func(fresh bool) ([]NamedSink, string, error) {
+		var targets []NamedSink
+		identity := "definition " + s.Hash
+		for i, r := range rebuild {
+			t, id, err := r.RebuildTarget(ctx, fresh)
+			if err != nil {
+				return nil, "", fmt.Errorf("pillow %s: sink %s: %w", s.Name, live[i].Name, err)
+			}
+			targets = append(targets, NamedSink{Name: live[i].Name, Sink: t})
+			identity += "; sink " + live[i].Name + ": " + id
+		}
+		return targets, identity, nil
+	}
+	// Kept in the checkpoint store in the form of a sequence id, which any
+	// store takes.
+	key := func(identity string) string {
+		sum := sha256.Sum256([]byte(identity))
+		return "0-" + hex.EncodeToString(sum[:16])
+	}
+	resume := at != "" && at != "0"
+	targets, identity, err := targetsFor(!resume)
+	if err != nil {
+		return nil, err
+	}
+	if resume && key(identity) != saved {
+		why := "it was saved for other destinations or another definition of the pillow"
+		if saved == "" {
+			why = "it names no destinations"
+		}
+		log.Warn("reindex: not resuming from the rebuild's checkpoint: "+why+"; rebuilding from the beginning into new destinations",
+			"checkpoint", at, "destinations", identity)
+		if targets, identity, err = targetsFor(true); err != nil {
+			return nil, err
+		}
+		resume = false
+	}
+	if resume {
+		log.Info("reindex: resuming the rebuild", "from", at)
+		return targets, nil
+	}
+	// The identity first: a checkpoint saved from now on belongs to it.
+	log.Info("reindex: rebuilding into", "destinations", identity)
+	if err := s.cps.SaveCheckpoint(ctx, forName, key(identity)); err != nil {
+		return nil, fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
+	if err := s.cps.SaveCheckpoint(ctx, rebuildName, "0"); err != nil {
+		return nil, fmt.Errorf("pillow %s: %w", s.Name, err)
+	}
+	return targets, nil
 }
 
 // runUntil runs the pillow's feed into sinks, keeping its position under

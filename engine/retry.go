@@ -31,22 +31,25 @@ func (p *Pillow) loadFailed(ctx context.Context) error {
 // recordFailure stores f in the error store, retrying until it is stored:
 // the checkpoint must not pass a change whose failure is not recorded.
 func (p *Pillow) recordFailure(ctx context.Context, f Failure) error {
-	return p.tracked(ctx, p.log, "error store", "record failure", func() error {
-		e, err := p.errs.Record(ctx, f, p.Spec.Errors.Next)
-		if err != nil {
-			return err
+	return p.tracked(ctx, p.log, "error store", "record failure", func() error { return p.tryRecord(ctx, f) })
+}
+
+// tryRecord stores f in the error store once.
+func (p *Pillow) tryRecord(ctx context.Context, f Failure) error {
+	e, err := p.errs.Record(ctx, f, p.Spec.Errors.Next)
+	if err != nil {
+		return err
+	}
+	if _, logged := p.errs.(LogErrorStore); !logged {
+		p.failed[f.Change.ID] = true
+		p.errCount.Store(int64(len(p.failed)))
+		if e.NextAttempt.IsZero() {
+			p.log.Error("change failed; giving up after the last attempt", ClipAttr("id", f.Change.ID), "attempts", e.Attempts, "stage", f.Stage, slog.String("error", ClipWords(f.Err.Error())))
+		} else {
+			p.log.Warn("change failed; stored for a retry", ClipAttr("id", f.Change.ID), "attempts", e.Attempts, "next_attempt", e.NextAttempt.Format(time.RFC3339), "stage", f.Stage, slog.String("error", ClipWords(f.Err.Error())))
 		}
-		if _, logged := p.errs.(LogErrorStore); !logged {
-			p.failed[f.Change.ID] = true
-			p.errCount.Store(int64(len(p.failed)))
-			if e.NextAttempt.IsZero() {
-				p.log.Error("change failed; giving up after the last attempt", ClipAttr("id", f.Change.ID), "attempts", e.Attempts, "stage", f.Stage, slog.String("error", ClipWords(f.Err.Error())))
-			} else {
-				p.log.Warn("change failed; stored for a retry", ClipAttr("id", f.Change.ID), "attempts", e.Attempts, "next_attempt", e.NextAttempt.Format(time.RFC3339), "stage", f.Stage, slog.String("error", ClipWords(f.Err.Error())))
-			}
-		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // clearSucceeded removes the error store's entries of documents that went

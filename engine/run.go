@@ -186,6 +186,9 @@ type batch struct {
 	lastSeq  string
 	filtered int
 	retry    bool // documents read again to retry their failures: no checkpoint
+	// rewind, when set, ends the pillow: the feed went back, and a sink
+	// keeps records by feed position (see checkRewind).
+	rewind error
 }
 
 // Run reads the pillow's feed from its checkpoint and writes what it makes
@@ -222,6 +225,30 @@ func (p *Pillow) Run(ctx context.Context) error {
 			return startErr(s.Name, "loading the checkpoint", err)
 		}
 		p.Stats.Checkpoint.Store(since)
+	}
+	p.lastSeqNum = seqNumber(since)
+	if since == "" && p.opts.Since == "" && p.cps != nil {
+		// A start relative to now ("now") is fixed and saved before
+		// anything is read: should the pillow stop before its first
+		// checkpoint, it resumes from there rather than from a later now.
+		if sr, ok := s.source.(StartResolver); ok {
+			var at string
+			err := retry(ctx, p.log, "resolve the start position", func() error {
+				var err error
+				if at, err = sr.ResolveStart(ctx); err != nil || at == "" {
+					return err
+				}
+				return p.cps.SaveCheckpoint(ctx, p.opts.CheckpointName, at)
+			})
+			if err != nil {
+				return startErr(s.Name, "resolving the start position", err)
+			}
+			if at != "" {
+				p.log.Info("start position resolved and saved", "since", at)
+				since = at
+				p.Stats.Checkpoint.Store(since)
+			}
+		}
 	}
 	if since == "" {
 		since = p.opts.Since
@@ -315,9 +342,16 @@ func (p *Pillow) Run(ctx context.Context) error {
 		}
 	}()
 	var writeErr error
+	rewound := false
 	for b := range processed {
 		if writeErr != nil {
 			continue // drain the pipeline; nothing more is checkpointed
+		}
+		if b.rewind != nil {
+			rewound = true
+			writeErr = Permanent(b.rewind)
+			stopReading()
+			continue
 		}
 		if writeErr = p.write(work, b); writeErr != nil {
 			stopReading()
@@ -352,6 +386,16 @@ func (p *Pillow) Run(ctx context.Context) error {
 	}
 	close(cpCh)
 	<-cpDone
+	if rewound && p.cps != nil {
+		// Saved again, into the recreated database when it holds the
+		// checkpoints: the next start goes back again and stops again,
+		// until a reindex moves the checkpoint to the new feed.
+		if cp, _ := p.Stats.Checkpoint.Load().(string); cp != "" {
+			if err := p.cps.SaveCheckpoint(work, p.opts.CheckpointName, cp); err != nil {
+				p.log.Warn("checkpoint not saved again after the feed went back", "seq", cp, "error", err)
+			}
+		}
+	}
 	if writeErr != nil {
 		if errors.Is(writeErr, ErrLeaseLost) {
 			p.log.Warn("stopped writing: the lease is lost; what was read is read again by the new holder", "error", writeErr)
@@ -401,6 +445,7 @@ func (p *Pillow) batcher(in <-chan Change, retries <-chan []Change, out chan<- *
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var cur *batch
+	rewound := false // the pillow ends: what follows is not processed
 	flush := func() {
 		if cur != nil {
 			out <- cur
@@ -415,6 +460,18 @@ func (p *Pillow) batcher(in <-chan Change, retries <-chan []Change, out chan<- *
 				flush()
 				return
 			}
+			if rewound {
+				continue
+			}
+			if c.Seq != "" {
+				if err := p.checkRewind(c.Seq); err != nil {
+					// The changes before it are written; none after.
+					flush()
+					out <- &batch{rewind: err}
+					rewound = true
+					continue
+				}
+			}
 			if cur == nil {
 				cur = &batch{changes: make([]Change, 0, size)}
 				timer.Reset(wait)
@@ -426,7 +483,6 @@ func (p *Pillow) batcher(in <-chan Change, retries <-chan []Change, out chan<- *
 			cur.changes = append(cur.changes, c)
 			if c.Seq != "" {
 				cur.lastSeq = c.Seq
-				p.checkRewind(c.Seq)
 			}
 			if len(cur.changes) >= size {
 				flush()
@@ -434,23 +490,38 @@ func (p *Pillow) batcher(in <-chan Change, retries <-chan []Change, out chan<- *
 		case <-timer.C:
 			flush()
 		case cs := <-retries:
-			out <- &batch{changes: cs, retry: true}
+			if !rewound {
+				out <- &batch{changes: cs, retry: true}
+			}
 		}
 	}
 }
 
 // checkRewind notices a feed whose sequence goes backwards by its numeric
-// prefix: a CouchDB cluster failover, or a restored database.
-func (p *Pillow) checkRewind(seq string) {
+// prefix (from the checkpoint on): a database recreated or restored, a
+// CouchDB cluster failover. When a sink keeps records by feed position
+// (PositionGuard), the positions of the changes that follow are lower
+// than those of the records it holds, and it would refuse them: the
+// pillow must not go on mixing the two, and checkRewind returns the
+// error that stops it. Otherwise a rewind is logged and counted.
+func (p *Pillow) checkRewind(seq string) error {
 	n := seqNumber(seq)
 	if n < 0 {
-		return
+		return nil
 	}
 	if n < p.lastSeqNum {
-		p.log.Warn("sequence rewind: the feed went back", "from", p.lastSeqNum, "to", seq)
 		p.opts.Metrics.rewinds.WithLabelValues(p.Spec.Name).Inc()
+		for _, o := range p.Spec.outputs {
+			if g, ok := o.Sink.(PositionGuard); ok && g.GuardsPositions() {
+				return fmt.Errorf("the feed went back from position %d to %s (its database was recreated or restored, or a cluster node failed over): "+
+					"sink %s keeps records by feed position and would refuse the new changes; run ptop reindex %s, which rebuilds the sinks from the new feed",
+					p.lastSeqNum, seq, o.Name, p.Spec.Name)
+			}
+		}
+		p.log.Warn("sequence rewind: the feed went back", "from", p.lastSeqNum, "to", seq)
 	}
 	p.lastSeqNum = n
+	return nil
 }
 
 // worker holds what one goroutine needs to run filter and transform.
@@ -604,6 +675,20 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 		return err
 	}
 	var mu sync.Mutex
+	// sinkFailures are the failures of records o rejected.
+	sinkFailures := func(o NamedSink, re RecordErrors) []Failure {
+		fs := make([]Failure, 0, len(re))
+		for _, e := range re {
+			r := b.records[e.Index]
+			fs = append(fs, Failure{
+				Pillow: p.Spec.Name, Hash: p.Spec.Hash, Stage: "sink:" + o.Name, Err: e.Err, Time: time.Now(),
+				Change: Change{ID: r.DocID, Rev: r.Rev, Seq: r.Seq, Deleted: r.Delete},
+			})
+		}
+		return fs
+	}
+	// recorded counts the failures stored in the error store.
+	recorded := 0
 	writeTo := func(o NamedSink) error {
 		start := time.Now()
 		defer func() {
@@ -615,7 +700,21 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 			}
 			var err error
 			if ts, ok := o.Sink.(TransactionalSink); ok && o.Name == p.txSink {
-				err = ts.WriteCheckpointed(ctx, b.records, p.opts.CheckpointName, b.lastSeq)
+				// The transaction that moves the checkpoint commits only
+				// once the records it rejected are in the error store.
+				// The others' failures are recorded already; an attempt
+				// whose commit failed leaves none behind.
+				base := len(b.failures)
+				err = ts.WriteCheckpointed(ctx, b.records, p.opts.CheckpointName, b.lastSeq, func(re RecordErrors) error {
+					b.failures = append(b.failures[:base], sinkFailures(o, re)...)
+					recorded = min(recorded, base)
+					for ; recorded < len(b.failures); recorded++ {
+						if err := p.tryRecord(ctx, b.failures[recorded]); err != nil {
+							return fmt.Errorf("recording a record the sink rejected: %w", err)
+						}
+					}
+					return nil
+				})
 			} else if len(b.records) > 0 {
 				err = o.Sink.Write(ctx, b.records)
 			}
@@ -625,13 +724,7 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 			} else if errors.As(err, &re) {
 				p.opts.Metrics.records.WithLabelValues(p.Spec.Name, o.Name).Add(float64(len(b.records) - len(re)))
 				mu.Lock()
-				for _, e := range re {
-					r := b.records[e.Index]
-					b.failures = append(b.failures, Failure{
-						Pillow: p.Spec.Name, Hash: p.Spec.Hash, Stage: "sink:" + o.Name, Err: e.Err, Time: time.Now(),
-						Change: Change{ID: r.DocID, Rev: r.Rev, Seq: r.Seq, Deleted: r.Delete},
-					})
-				}
+				b.failures = append(b.failures, sinkFailures(o, re)...)
 				mu.Unlock()
 				err = nil
 			}
@@ -665,7 +758,6 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	recorded := 0
 	record := func() error {
 		for ; recorded < len(b.failures); recorded++ {
 			if err := p.recordFailure(ctx, b.failures[recorded]); err != nil {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -539,7 +540,7 @@ type txSink struct {
 }
 
 func (s *txSink) SharesStore(cps CheckpointStore) bool { return cps == CheckpointStore(s.store) }
-func (s *txSink) WriteCheckpointed(ctx context.Context, rs []Record, pillow, seq string) error {
+func (s *txSink) WriteCheckpointed(ctx context.Context, rs []Record, pillow, seq string, _ func(RecordErrors) error) error {
 	if len(rs) > 0 {
 		if err := s.Write(ctx, rs); err != nil {
 			return err
@@ -807,3 +808,70 @@ func TestPositionOnlyChangeCheckpoints(t *testing.T) {
 		t.Fatalf("checkpoint %q, failures %v, seen %d", cps.get(), errs.ids(), p.Stats.Seen.Load())
 	}
 }
+
+func (*guardSink) GuardsPositions() bool { return true }
+
+func TestRewindStopsPositionGuardedPillow(t *testing.T) {
+	changes := func() []Change {
+		var cs []Change
+		for i, seq := range []string{"5", "6", "7", "1", "2"} {
+			c := doc(fmt.Sprintf("d%d", i))
+			c.Seq = seq
+			cs = append(cs, c)
+		}
+		return cs
+	}
+	// A sink that keeps records by position: the changes before the
+	// rewind are written and checkpointed, then the pillow stops, and the
+	// checkpoint is saved again.
+	guarded := &guardSink{}
+	cps := &memCheckpoints{}
+	s := testSpec(t, "", "", feed(changes()...), guarded)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := NewPillow(s, RunOptions{Log: quietLog(), Checkpoints: cps}).Run(ctx)
+	if err == nil || !IsPermanent(err) || !strings.Contains(err.Error(), "the feed went back from position 7 to 1") ||
+		!strings.Contains(err.Error(), "run ptop reindex test") {
+		t.Fatalf("Run = %v", err)
+	}
+	if n := len(guarded.records()); n != 3 {
+		t.Errorf("%d records written, want the 3 before the rewind", n)
+	}
+	if got := cps.get(); got != "7" {
+		t.Errorf("checkpoint %q, want 7", got)
+	}
+	// The rewind counts from the checkpoint too: a start from 7 that
+	// reads 1 stops at once.
+	s = testSpec(t, "", "", feed(changes()[3:]...), &guardSink{})
+	err = NewPillow(s, RunOptions{Log: quietLog(), Checkpoints: cps}).Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "from position 7 to 1") {
+		t.Fatalf("Run from the checkpoint = %v", err)
+	}
+	// Other sinks go on through a rewind.
+	plain := &memSink{}
+	runToEnd(t, testSpec(t, "", "", feed(changes()...), plain), RunOptions{})
+	if n := len(plain.records()); n != 5 {
+		t.Errorf("%d records written, want 5", n)
+	}
+}
+
+func (*nowSource) ResolveStart(context.Context) (string, error) { return "40", nil }
+
+func TestStartResolvedAndSaved(t *testing.T) {
+	cps := &memCheckpoints{}
+	src := &nowSource{chanSource{in: make(chan Change), gotSince: make(chan string, 1)}}
+	close(src.in)
+	runToEnd(t, testSpec(t, "", "", src, &memSink{}), RunOptions{Checkpoints: cps})
+	if got := <-src.gotSince; got != "40" {
+		t.Errorf("the source started from %q, want 40", got)
+	}
+	if got := cps.get(); got != "40" {
+		t.Errorf("checkpoint %q, want the resolved start saved", got)
+	}
+}
+
+// guardSink is a memSink that keeps records by feed position.
+type guardSink struct{ memSink }
+
+// nowSource resolves its start to "40".
+type nowSource struct{ chanSource }

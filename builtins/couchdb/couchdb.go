@@ -219,6 +219,25 @@ func (s *Source) Pending(ctx context.Context, since string) (int64, error) {
 	return max(have-at, 0), nil
 }
 
+// ResolveStart implements engine.StartResolver: with since: now, the
+// database's update sequence, which the engine saves as the checkpoint
+// before the feed starts; "" for any other since.
+func (s *Source) ResolveStart(ctx context.Context) (string, error) {
+	if s.cfg.Since != "now" {
+		return "", nil
+	}
+	st, err := s.db.Stats(ctx)
+	if err != nil {
+		err = s.errorf("looking up the database: %w", s.describe(err))
+		switch kivik.HTTPStatus(err) {
+		case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
+			return "", engine.Permanent(err)
+		}
+		return "", err
+	}
+	return st.UpdateSeq, nil
+}
+
 // CheckpointTime implements engine.CheckpointTimer.
 func (s *Source) CheckpointTime(ctx context.Context, pillow string) (time.Time, error) {
 	var cp checkpoint
@@ -389,4 +408,5 @@ var (
 	_ engine.CheckpointStore    = (*Source)(nil)
 	_ engine.ErrorStoreProvider = (*Source)(nil)
 	_ engine.DocReader          = (*Source)(nil)
+	_ engine.StartResolver      = (*Source)(nil)
 )

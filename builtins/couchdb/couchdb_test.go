@@ -418,3 +418,63 @@ func TestPillowFilteredByServerReachesLastSeq(t *testing.T) {
 		t.Fatalf("%d changes seen, want a1 and a2", n)
 	}
 }
+
+func TestPillowSinceNowSavesStart(t *testing.T) {
+	// since: now is resolved and saved as the checkpoint when the pillow
+	// starts: changes made while it is stopped, before any change passed,
+	// are read on the next start.
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	couch.CreateDB(t, "db")
+	putTyped(t, couch, "db", map[string]string{"old1": "x", "old2": "x"})
+	t.Setenv("TEST_COUCH_URL", couch.URL)
+	path := filepath.Join(t.TempDir(), "p.yaml")
+	pillow := "name: p\nsource:\n  couchdb:\n    url: ${TEST_COUCH_URL}\n    db: db\n    since: now\n    heartbeat: 200ms\nbatch: {size: 100, wait: 50ms}\nsinks:\n  - couchdbtest: {}\n"
+	if err := os.WriteFile(path, []byte(pillow), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start := func() (*engine.Pillow, func()) {
+		spec, err := engine.LoadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := engine.NewPillow(spec, engine.RunOptions{Log: testLogger(t)})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- p.Run(ctx) }()
+		return p, func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("pillow: %v", err)
+			}
+		}
+	}
+	waitSeq := func(want string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			if d, _ := couch.Get(t, "db", "_local/ptop-p"); d["seq"] == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no checkpoint %s", want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	p, stop := start()
+	waitSeq("2") // saved before anything was read
+	stop()
+	if n := p.Stats.Seen.Load(); n != 0 {
+		t.Fatalf("%d changes seen before now", n)
+	}
+	var docs []map[string]any
+	for i := range 10 {
+		docs = append(docs, map[string]any{"_id": fmt.Sprintf("new%d", i)})
+	}
+	couch.BulkDocs(t, "db", docs)
+	p, stop = start()
+	defer stop()
+	waitSeq("12")
+	if n := p.Stats.Seen.Load(); n != 10 {
+		t.Fatalf("%d changes seen, want the 10 made while stopped", n)
+	}
+}

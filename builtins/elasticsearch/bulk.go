@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	json "github.com/goccy/go-json"
 
@@ -59,7 +60,7 @@ func (e *encoder) encode(records []engine.Record, rerrs *engine.RecordErrors) []
 }
 
 // append encodes one record: an index action and its document, or a
-// delete action, versioned by the revision's generation.
+// delete action, versioned by the change's feed position.
 func (e *encoder) append(r *engine.Record) error {
 	if r.ID == "" {
 		return errors.New("the record has an empty id")
@@ -74,9 +75,9 @@ func (e *encoder) append(r *engine.Record) error {
 		l = append(l, `{"index":{"_id":`...)
 	}
 	l = appendJSONString(l, r.ID)
-	if gen := generation(r.Rev); gen > 0 {
+	if pos := engine.SeqPosition(r.Seq); pos > 0 {
 		l = append(l, `,"version":`...)
-		l = strconv.AppendInt(l, gen, 10)
+		l = strconv.AppendInt(l, pos, 10)
 		l = append(l, `,"version_type":"external_gte"`...)
 	}
 	l = append(l, "}}\n"...)
@@ -131,23 +132,6 @@ func (e *encoder) body(spans []span, out *bytes.Buffer) []byte {
 		out.Write(b[sp.lo:sp.hi])
 	}
 	return out.Bytes()
-}
-
-// generation is the number before the dash of a CouchDB revision ("3-abc"
-// is 3), or 0 when rev has none.
-func generation(rev string) int64 {
-	var n int64
-	i := 0
-	for ; i < len(rev) && rev[i] >= '0' && rev[i] <= '9'; i++ {
-		if n > (1<<62)/10 {
-			return 0
-		}
-		n = n*10 + int64(rev[i]-'0')
-	}
-	if i == 0 || (i < len(rev) && rev[i] != '-') {
-		return 0
-	}
-	return n
 }
 
 // appendJSONString appends s as a JSON string (see jsonx.AppendString).
@@ -221,6 +205,10 @@ func judge(it *bulkItem, isDelete bool) (verdict, string) {
 	case it.Error != nil && it.Error.Type == "index_not_found_exception":
 		// The server creates no index by itself here (or the alias is
 		// missing): a setup problem, not the record's.
+		return itemFatal, why
+	case it.Error != nil && strings.Contains(it.Error.Reason, "no write index is defined"):
+		// The alias points at several indexes, none of them its write
+		// index: a problem of the alias, not the record's.
 		return itemFatal, why
 	case it.Error != nil && it.Error.Type == "cluster_block_exception":
 		// The index is read-only (a full disk, a kept old index): a

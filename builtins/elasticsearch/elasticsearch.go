@@ -20,24 +20,26 @@
 // document; a deletion deletes that id. A delete of an id that is not
 // there succeeds.
 //
-// # Older revisions never win
+// # Older deliveries never win
 //
 // Writes use external versioning (version_type=external_gte) with the
-// generation of the source document's revision as the version ("3-abc"
-// is 3), deletions too. A record of an older revision than the one
-// indexed — a replay, or a reindex overlapping the live feed — is turned
-// away by the server (409), which the sink counts as done. An equal
-// generation overwrites: that lets a replay after a changed transform
-// apply, and two conflicting revisions of one generation (a CouchDB
-// conflict) land in feed order, which is the order of CouchDB's winner.
-// Known limits: a deletion's version is kept by the server for
-// index.gc_deletes (default 60s; raise it in settings to cover a long
-// reindex); and when the winning branch of a conflicted document is
-// deleted, the surviving branch may have a lower generation than the
-// deletion and is not indexed until it is next updated. Records of a
-// source that gives no revision are written unversioned. The index must
-// have no other writer: the versions that the server gives to unversioned
-// writes would make revisions look older than they are.
+// feed position of the change as the version (the numeric prefix of its
+// sequence id: "42" and "42-g1AAAA…" are 42), deletions too. A record of
+// an earlier change than the one indexed (a reindex's catch-up replaying
+// a change the live pillow has written since, a second writer) is turned
+// away by the server (409), which the sink counts as done; every later
+// change of the feed is written, whatever its revision (CouchDB's current
+// revision of a conflicted document can have a lower generation than the
+// one it replaces). An equal position overwrites: a replay after a crash
+// or a changed transform applies. Records without a position (a document
+// read again to retry its failure, a source whose sequence ids have no
+// number) are written unversioned. When the feed goes back (its database
+// was recreated), the engine stops the pillow and asks for a reindex: see
+// the README. Known limits: a deletion's version is kept by the server
+// for index.gc_deletes (default 60s; raise it in settings to cover a long
+// reindex). The index must have no other writer: the versions that the
+// server gives to unversioned writes would make changes look later than
+// they are.
 //
 // # Index management
 //
@@ -79,6 +81,12 @@
 // times with backoff; after that, and when the whole request fails
 // (connection refused, timeout, 429, 5xx), the batch is handed back to
 // the engine, which retries it with backoff while the checkpoint holds.
+// So is a batch whose records fail for a reason of the index rather than
+// their own: a read-only index (cluster_block_exception), an alias that
+// points at several indexes with no write index, a missing index. A
+// managed index (or its alias) deleted while the pillow runs is created
+// again, as Open creates it, and the batch sent again; an alias removed
+// from an index that is still there is not put back.
 // Refresh is left to the server.
 package elasticsearch
 
@@ -525,8 +533,23 @@ func (s *Sink) Write(ctx context.Context, records []engine.Record) (err error) {
 		}()
 	}
 	backoff := component.Backoff{Max: 5 * time.Second}
+	reopened, encErrs := false, len(rerrs)
 	for attempt := 0; len(spans) > 0; attempt++ {
 		retry, err := s.send(ctx, records, spans, &rerrs)
+		if errors.Is(err, errIndexGone) && s.body != nil && !s.rebuild && !reopened && s.indexGone(ctx) {
+			// The index (and so its alias) was deleted while the pillow
+			// runs: create them again, as Open does, and send again. (An
+			// alias removed from an index that is still there is left
+			// to whoever removed it: the batch waits.)
+			reopened = true
+			rerrs = rerrs[:encErrs]
+			if oerr := s.ensureIndex(ctx); oerr != nil {
+				return fmt.Errorf("%w; creating the index and alias again: %w", err, oerr)
+			}
+			s.log.Warn("the index or its alias was gone; created again", "alias", s.alias, "index", s.current)
+			attempt--
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -552,6 +575,18 @@ func (s *Sink) Write(ctx context.Context, records []engine.Record) (err error) {
 	}
 	return nil
 }
+
+// indexGone reports whether the index the alias pointed at when the sink
+// checked it is known not to exist any more.
+func (s *Sink) indexGone(ctx context.Context) bool {
+	idx := s.Index()
+	status, _, err := s.do(ctx, http.MethodHead, "/"+url.PathEscape(idx), nil)
+	return err == nil && status == http.StatusNotFound
+}
+
+// errIndexGone marks a batch refused because the index or alias it is
+// written through does not exist.
+var errIndexGone = errors.New("the index is gone")
 
 // maxRequestBytes bounds one _bulk request (servers take 100 MB by
 // default); a larger batch goes in several.
@@ -617,7 +652,11 @@ func (s *Sink) send(ctx context.Context, records []engine.Record, spans []span, 
 			case itemRejected:
 				*rerrs = append(*rerrs, engine.RecordError{Index: sp.rec, Err: errors.New(engine.ClipWords(why))})
 			case itemFatal:
-				return nil, fmt.Errorf("_bulk at %s: %s", s.redacted, why)
+				err := fmt.Errorf("_bulk at %s: %s", s.redacted, why)
+				if e := items[i].Error; e != nil && e.Type == "index_not_found_exception" {
+					err = fmt.Errorf("%w: %w", errIndexGone, err)
+				}
+				return nil, err
 			}
 		}
 	}
@@ -681,4 +720,11 @@ func (s *Sink) Close() error {
 	return nil
 }
 
-var _ engine.Sink = (*Sink)(nil)
+// GuardsPositions implements engine.PositionGuard: documents are kept
+// over records of earlier changes (external versions).
+func (s *Sink) GuardsPositions() bool { return true }
+
+var (
+	_ engine.Sink          = (*Sink)(nil)
+	_ engine.PositionGuard = (*Sink)(nil)
+)

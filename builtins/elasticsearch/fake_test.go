@@ -364,14 +364,6 @@ func TestFakeLargeBatchSplit(t *testing.T) {
 	}
 }
 
-func TestGeneration(t *testing.T) {
-	for rev, want := range map[string]int64{"3-abc": 3, "12-x": 12, "1": 1, "": 0, "abc": 0, "-1": 0, "3x-1": 0, "99999999999999999999-a": 0} {
-		if got := generation(rev); got != want {
-			t.Errorf("generation(%q) = %d, want %d", rev, got, want)
-		}
-	}
-}
-
 // A batch whose every record the server refuses whole, even alone, is a
 // problem of the index or server, not of the records: the batch is
 // retried rather than sent to the error store.

@@ -71,12 +71,22 @@ func uniqueIndex(t testing.TB) string {
 	return strings.Trim(fmt.Sprintf("t%d-%s", indexSeq.Add(1), name), "-")
 }
 
+// idx is a record of revision rev, as if from the change at the feed
+// position of rev's generation ("3-abc" from the change at 3), so that the
+// order of revisions is the order of positions; rev "" has no position.
 func idx(id, rev string, doc map[string]any) engine.Record {
-	return engine.Record{ID: id, DocID: id, Rev: rev, Doc: doc}
+	return engine.Record{ID: id, DocID: id, Rev: rev, Seq: genSeq(rev), Doc: doc}
 }
 
 func del(id, rev string) engine.Record {
-	return engine.Record{ID: id, DocID: id, Rev: rev, Delete: true}
+	return engine.Record{ID: id, DocID: id, Rev: rev, Seq: genSeq(rev), Delete: true}
+}
+
+func genSeq(rev string) string {
+	if i := strings.IndexByte(rev, '-'); i > 0 {
+		return rev[:i]
+	}
+	return ""
 }
 
 // writeFile writes a file into dir and returns its name.

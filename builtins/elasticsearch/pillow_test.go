@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -244,7 +245,156 @@ func TestShippedPipeline(t *testing.T) { // not parallel: it sets environment va
 		t.Errorf("%d changes failed", failed)
 	}
 	src, version, found := srv.GetDoc(t, "case-search", "case-00000001")
-	if !found || src["name"] != "brian 1" || src["village"] != "Nakuru" || src["age"] != float64(2) || version != 1 {
+	// Its version is the feed position of its change: the second document.
+	if !found || src["name"] != "brian 1" || src["village"] != "Nakuru" || src["age"] != float64(2) || version != 2 {
 		t.Errorf("case-00000001: %v version %d", src, version)
 	}
+}
+
+// TestConflictWinnerWithLowerGeneration: CouchDB's current revision of a
+// conflicted document can have a lower generation than the one indexed
+// (3-… deleted, the branch 2-ffff… wins): the feed's last change of the
+// document is the truth, and the index ends with it.
+func TestConflictWinnerWithLowerGeneration(t *testing.T) {
+	t.Parallel()
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	srv := testenv.StartOpenSearch(t)
+	db, index := uniqueIndex(t), uniqueIndex(t)
+	couch.CreateDB(t, db)
+	dir := t.TempDir()
+	pillow := filepath.Join(dir, "p.yaml")
+	if err := os.WriteFile(pillow, []byte(fmt.Sprintf(`name: %s
+source:
+  couchdb: {url: %q, db: %s, heartbeat: 1s}
+transform: |
+  function transform(doc) { return {_id: doc._id, v: doc.v, rev: doc._rev}; }
+batch: {size: 10, wait: 20ms}
+sinks:
+  - elasticsearch: {url: %q, index: %s}
+`, db, couch.URL, db, srv.URL, index)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	startPillow(t, pillow)
+	waitRev := func(rev string) {
+		t.Helper()
+		for deadline := time.Now().Add(60 * time.Second); ; {
+			// Not GetDoc: the index the first write created may still be
+			// recovering (503).
+			status, body := srv.Do(t, http.MethodGet, "/"+index+"/_doc/c1", nil)
+			var d struct {
+				Source map[string]any `json:"_source"`
+			}
+			if status == http.StatusOK && stdjson.Unmarshal(body, &d) == nil && d.Source["rev"] == rev {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("c1 is HTTP %d %s, want revision %s", status, body, rev)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	rev1 := couch.Put(t, db, "c1", map[string]any{"v": "one"})
+	rev2 := couch.Put(t, db, "c1", map[string]any{"_rev": rev1, "v": "two"})
+	rev3 := couch.Put(t, db, "c1", map[string]any{"_rev": rev2, "v": "three"})
+	waitRev(rev3)
+
+	hash1 := strings.SplitN(rev1, "-", 2)[1]
+	branch := map[string]any{"_id": "c1", "_rev": "2-ffffffffffffffffffffffffffffffff", "v": "branch",
+		"_revisions": map[string]any{"start": 2, "ids": []string{"ffffffffffffffffffffffffffffffff", hash1}}}
+	status, body := couch.Do(t, http.MethodPost, "/"+db+"/_bulk_docs", map[string]any{"docs": []any{branch}, "new_edits": false})
+	if status != http.StatusCreated {
+		t.Fatalf("_bulk_docs new_edits:false: HTTP %d: %s", status, body)
+	}
+	couch.Delete(t, db, "c1", rev3)
+	if cur, ok := couch.Get(t, db, "c1"); !ok || cur["_rev"] != "2-ffffffffffffffffffffffffffffffff" {
+		t.Fatalf("the server's current c1: %v", cur)
+	}
+	waitRev("2-ffffffffffffffffffffffffffffffff")
+}
+
+// TestReindexCheckpointBelongsToItsIndex: an interrupted reindex resumes
+// only into the index it began, under the same definition: when that
+// half-built index was deleted, or the mapping changed, it rebuilds from
+// the beginning, and the index it flips live holds every document.
+func TestReindexCheckpointBelongsToItsIndex(t *testing.T) {
+	t.Parallel()
+	couch := testenv.StartCouch(t, testenv.CouchOptions{})
+	srv := testenv.StartOpenSearch(t)
+	db, alias := uniqueIndex(t), uniqueIndex(t)
+	couch.CreateDB(t, db)
+	const n = 1500
+	want := map[string]float64{}
+	var docs []map[string]any
+	for i := range n {
+		id := fmt.Sprintf("case-%04d", i)
+		docs = append(docs, map[string]any{"_id": id, "n": i})
+		want[id] = float64(i)
+	}
+	couch.BulkDocs(t, db, docs)
+	dir := t.TempDir()
+	pillow := filepath.Join(dir, "p.yaml")
+	if err := os.WriteFile(pillow, []byte(fmt.Sprintf(`name: %s
+source:
+  couchdb: {url: %q, db: %s, heartbeat: 1s}
+transform: |
+  function transform(doc) { return {_id: doc._id, n: doc.n}; }
+batch: {size: 10, wait: 20ms}
+workers: 1
+sinks:
+  - elasticsearch: {url: %q, index: %s, mapping_file: m.json, settings: {number_of_shards: 1, number_of_replicas: 0}}
+`, db, couch.URL, db, srv.URL, alias)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mapping := func(typ string) {
+		writeFile(t, dir, "m.json", fmt.Sprintf(`{"properties": {"n": {"type": %q}}}`, typ))
+	}
+	// reindex runs a reindex of the pillow as the files say, interrupted
+	// once its rebuild has saved a checkpoint when interrupt is set; it
+	// returns the index it rebuilt into.
+	reindex := func(interrupt bool) string {
+		t.Helper()
+		spec, err := engine.LoadFile(pillow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(testCtx(t))
+		defer cancel()
+		err = engine.Reindex(ctx, spec, engine.ReindexOptions{Log: testLogger(t), Every: 10 * time.Millisecond,
+			Progress: func(p engine.ReindexProgress) {
+				if interrupt && p.Phase == "rebuild" && p.Done > 0 {
+					cancel()
+				}
+			}})
+		target := spec.Outputs()[0].Sink.(*Sink).rebuilt
+		if interrupt {
+			srv.Refresh(t, target)
+			if got := srv.Count(t, target); err == nil || got <= 0 || got >= n {
+				t.Fatalf("interrupted reindex: %v, with %d documents in %s", err, got, target)
+			}
+		} else if err != nil {
+			t.Fatalf("reindex: %v", err)
+		}
+		return target
+	}
+
+	// Interrupted, the half-built index deleted: from the beginning.
+	mapping("long")
+	half := reindex(true)
+	if status, body := srv.Do(t, http.MethodDelete, "/"+half, nil); status != http.StatusOK {
+		t.Fatalf("delete %s: HTTP %d: %s", half, status, body)
+	}
+	if got := reindex(false); got != half {
+		t.Fatalf("rebuilt into %s, want %s again", got, half)
+	}
+	waitForState(t, srv, alias, want)
+
+	// Interrupted, the mapping changed: from the beginning, into the new
+	// mapping's index.
+	mapping("integer")
+	half = reindex(true)
+	mapping("float")
+	if got := reindex(false); got == half {
+		t.Fatalf("rebuilt into the index of the previous mapping, %s", got)
+	}
+	waitForState(t, srv, alias, want)
 }

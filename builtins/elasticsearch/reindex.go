@@ -20,10 +20,45 @@ import (
 var _ engine.Rebuildable = (*Sink)(nil)
 
 // RebuildTarget implements engine.Rebuildable: it chooses the index to
-// rebuild into (see the package doc), creates it if it is missing, and
-// returns a sink that writes straight into it. Promote, on this same
-// sink, flips the alias to it.
-func (s *Sink) RebuildTarget(ctx context.Context) (engine.Sink, error) {
+// rebuild into (see the package doc), creates it if it is missing (when
+// fresh, deletes it first if it exists), and returns a sink that writes
+// straight into it, with the index's uuid as its id. Promote, on this
+// same sink, flips the alias to it.
+func (s *Sink) RebuildTarget(ctx context.Context, fresh bool) (engine.Sink, string, error) {
+	t, err := s.rebuildTarget(ctx, fresh)
+	if err != nil {
+		return nil, "", err
+	}
+	uuid, err := s.indexUUID(ctx, t.target)
+	if err != nil {
+		return nil, "", err
+	}
+	return t, "index " + t.target + " uuid " + uuid, nil
+}
+
+// indexUUID returns the uuid the server gave index when it created it.
+func (s *Sink) indexUUID(ctx context.Context, index string) (string, error) {
+	status, body, err := s.do(ctx, http.MethodGet, "/"+url.PathEscape(index)+"/_settings/index.uuid?flat_settings=true", nil)
+	if err != nil {
+		return "", err
+	}
+	if status != http.StatusOK {
+		return "", s.openError("looking up index "+index, status, body)
+	}
+	var m map[string]struct {
+		Settings map[string]string `json:"settings"`
+	}
+	if err := stdjson.Unmarshal(body, &m); err != nil {
+		return "", fmt.Errorf("looking up index %s: %w", index, err)
+	}
+	uuid := m[index].Settings["index.uuid"]
+	if uuid == "" {
+		return "", fmt.Errorf("looking up index %s: no uuid in %.200s", index, body)
+	}
+	return uuid, nil
+}
+
+func (s *Sink) rebuildTarget(ctx context.Context, fresh bool) (*Sink, error) {
 	if s.rebuild {
 		return nil, errors.New("a rebuild target cannot be rebuilt")
 	}
@@ -54,7 +89,20 @@ func (s *Sink) RebuildTarget(ctx context.Context) (engine.Sink, error) {
 	}
 	name := s.chooseTarget(points, existing, time.Now())
 	t := s.rebuildSink(name)
-	if _, ok := existing[name]; ok {
+	_, ok := existing[name]
+	if ok && fresh {
+		// Never the live index nor a kept old one: chooseTarget skips them.
+		s.log.Info("reindex: deleting the index begun before, to start from the beginning", "index", name)
+		status, body, err := s.do(ctx, http.MethodDelete, "/"+url.PathEscape(name), nil)
+		if err != nil {
+			return nil, err
+		}
+		if status != http.StatusOK && status != http.StatusNotFound {
+			return nil, s.openError("deleting index "+name, status, body)
+		}
+		ok = false
+	}
+	if ok {
 		s.log.Info("reindex: reusing the index begun before", "index", name)
 	} else if err := t.createIndex(ctx, name); err != nil {
 		return nil, err

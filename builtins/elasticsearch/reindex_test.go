@@ -132,7 +132,7 @@ func TestReindexChangedMapping(t *testing.T) {
 				if err := re.Open(testCtx(t)); err == nil || !engine.IsPermanent(err) {
 					t.Fatalf("Open of the new mapping before the reindex: %v", err)
 				}
-				target, err := re.RebuildTarget(testCtx(t))
+				target, _, err := re.RebuildTarget(testCtx(t), false)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -165,7 +165,7 @@ func TestReindexChangedMapping(t *testing.T) {
 				ts.Close()
 
 				// A resumed reindex (another process) chooses the same index.
-				again, err := newTestSink(t, cfgB, dir).RebuildTarget(testCtx(t))
+				again, _, err := newTestSink(t, cfgB, dir).RebuildTarget(testCtx(t), false)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -218,7 +218,7 @@ func TestReindexChangedMapping(t *testing.T) {
 				if status != http.StatusOK || !strings.Contains(string(body), `"index.blocks.write":"true"`) {
 					t.Errorf("kept index settings: HTTP %d: %s", status, body)
 				}
-				back, err := newTestSink(t, cfgA, dir).RebuildTarget(testCtx(t))
+				back, _, err := newTestSink(t, cfgA, dir).RebuildTarget(testCtx(t), false)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -243,7 +243,7 @@ func TestReindexSameMapping(t *testing.T) {
 		// Promote makes the alias.
 		re := newTestSink(t, cfg, dir)
 		physical := re.Index()
-		target, err := re.RebuildTarget(testCtx(t))
+		target, _, err := re.RebuildTarget(testCtx(t), false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -257,7 +257,7 @@ func TestReindexSameMapping(t *testing.T) {
 
 		live := openTestSink(t, cfg, dir)
 		re = newTestSink(t, cfg, dir)
-		target, err = re.RebuildTarget(testCtx(t))
+		target, _, err = re.RebuildTarget(testCtx(t), false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -273,7 +273,7 @@ func TestReindexSameMapping(t *testing.T) {
 		}
 		mustWrite(t, target.(*Sink), idx("a", "1-a", map[string]any{"name": "A"}))
 		// Resumed: the same index.
-		again, err := newTestSink(t, cfg, dir).RebuildTarget(testCtx(t))
+		again, _, err := newTestSink(t, cfg, dir).RebuildTarget(testCtx(t), false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -293,7 +293,7 @@ func TestReindexSameMapping(t *testing.T) {
 			t.Fatalf("Open after the same-mapping reindex: index %s, want %s", s.Index(), rebuilt)
 		}
 		// The next same-mapping reindex goes back to the plain name.
-		next, err := newTestSink(t, cfg, dir).RebuildTarget(testCtx(t))
+		next, _, err := newTestSink(t, cfg, dir).RebuildTarget(testCtx(t), false)
 		if err != nil {
 			t.Fatal(err)
 		}

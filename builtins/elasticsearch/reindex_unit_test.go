@@ -16,7 +16,7 @@ import (
 // against real ones).
 
 func TestRebuildTargetNeedsMapping(t *testing.T) {
-	_, err := newTestSink(t, Config{URL: "http://127.0.0.1:1", Index: "plain"}, t.TempDir()).RebuildTarget(testCtx(t))
+	_, _, err := newTestSink(t, Config{URL: "http://127.0.0.1:1", Index: "plain"}, t.TempDir()).RebuildTarget(testCtx(t), false)
 	if err == nil || !strings.Contains(err.Error(), "a reindex needs mapping_file") {
 		t.Fatalf("RebuildTarget without a mapping: %v", err)
 	}

@@ -5,6 +5,7 @@ package elasticsearch
 import (
 	stdjson "encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -57,7 +58,7 @@ func TestWriteUpdateDelete(t *testing.T) {
 			}
 		}
 		if _, v, _ := srv.GetDoc(t, index, "ü"); v != 2 {
-			t.Errorf("version %d, want the generation 2", v)
+			t.Errorf("version %d, want the position 2", v)
 		}
 
 		// An update replaces the document; a deletion removes it; a
@@ -305,6 +306,74 @@ func TestRecordRefusedWholeGoesAlone(t *testing.T) {
 		}
 		if n := srv.Count(t, index); n != 6 {
 			t.Errorf("count %d, want the 6 good records", n)
+		}
+	})
+}
+
+// TestIndexDeletedWhileRunning: the managed index (and with it the
+// alias) deleted under a running sink is created again, as Open does, and
+// the batch goes in; no restart is needed.
+func TestIndexDeletedWhileRunning(t *testing.T) {
+	forEachDist(t, func(t *testing.T, srv *testenv.OpenSearch) {
+		dir := t.TempDir()
+		alias := uniqueIndex(t)
+		cfg := Config{URL: srv.URL, Index: alias, MappingFile: writeFile(t, dir, "m.json", strictMapping),
+			Settings: map[string]any{"number_of_shards": 1, "number_of_replicas": 0}}
+		s := openTestSink(t, cfg, dir)
+		physical := s.Index()
+		mustWrite(t, s, idx("a", "1-a", map[string]any{"name": "a"}))
+		if status, body := srv.Do(t, http.MethodDelete, "/"+physical, nil); status != http.StatusOK {
+			t.Fatalf("delete %s: HTTP %d: %s", physical, status, body)
+		}
+		mustWrite(t, s, idx("b", "1-b", map[string]any{"name": "b"}))
+		if got := aliasTargets(t, srv, alias); len(got) != 1 || got[0] != physical {
+			t.Fatalf("alias %s points at %v, want %s", alias, got, physical)
+		}
+		if src, _, found := srv.GetDoc(t, alias, "b"); !found || src["name"] != "b" {
+			t.Fatalf("b after the index was created again: %v %v", src, found)
+		}
+		// The strict mapping is the configured one, not dynamic.
+		err := s.Write(testCtx(t), []engine.Record{idx("c", "1-c", map[string]any{"unknown": 1})})
+		var re engine.RecordErrors
+		if !errors.As(err, &re) || len(re) != 1 {
+			t.Fatalf("a field the strict mapping lacks: %v, want a rejected record", err)
+		}
+	})
+}
+
+// TestAliasWithoutWriteIndex: an alias that points at two indexes, none
+// its write index, fails the whole batch (the pillow holds it and is
+// unhealthy) instead of rejecting every record into the error store; the
+// batch goes in once the alias is fixed.
+func TestAliasWithoutWriteIndex(t *testing.T) {
+	forEachDist(t, func(t *testing.T, srv *testenv.OpenSearch) {
+		dir := t.TempDir()
+		alias := uniqueIndex(t)
+		cfg := Config{URL: srv.URL, Index: alias, MappingFile: writeFile(t, dir, "m.json", strictMapping),
+			Settings: map[string]any{"number_of_shards": 1, "number_of_replicas": 0}}
+		s := openTestSink(t, cfg, dir)
+		other := uniqueIndex(t)
+		if status, body := srv.Do(t, http.MethodPut, "/"+other, nil); status != http.StatusOK {
+			t.Fatalf("create %s: HTTP %d: %s", other, status, body)
+		}
+		act := fmt.Sprintf(`{"actions":[{"add":{"index":%q,"alias":%q}}]}`, other, alias)
+		if status, body := srv.Do(t, http.MethodPost, "/_aliases", []byte(act)); status != http.StatusOK {
+			t.Fatalf("alias: HTTP %d: %s", status, body)
+		}
+		recs := []engine.Record{idx("a", "1-a", map[string]any{"name": "a"}), idx("b", "1-b", map[string]any{"name": "b"})}
+		err := s.Write(testCtx(t), recs)
+		var re engine.RecordErrors
+		if err == nil || errors.As(err, &re) || !strings.Contains(err.Error(), "no write index") {
+			t.Fatalf("Write through an alias with no write index: %v, want a failure of the whole batch", err)
+		}
+		act = fmt.Sprintf(`{"actions":[{"remove":{"index":%q,"alias":%q}}]}`, other, alias)
+		if status, body := srv.Do(t, http.MethodPost, "/_aliases", []byte(act)); status != http.StatusOK {
+			t.Fatalf("alias: HTTP %d: %s", status, body)
+		}
+		mustWrite(t, s, recs...)
+		srv.Refresh(t, alias)
+		if n := srv.Count(t, alias); n != 2 {
+			t.Fatalf("count %d, want 2", n)
 		}
 	})
 }

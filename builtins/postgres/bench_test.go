@@ -77,7 +77,7 @@ func rawRows(recs []engine.Record) [][]any {
 	return rows
 }
 
-var rawColumns = []string{"_id", "doc_type", "domain", "name", "owner_id", "opened_on", "modified_on", "closed", "age", "doc", "_rev", "_rev_gen"}
+var rawColumns = []string{"_id", "doc_type", "domain", "name", "owner_id", "opened_on", "modified_on", "closed", "age", "doc", "_rev", "_seq"}
 
 func BenchmarkPostgres(b *testing.B) {
 	pg := testenv.SharedPostgres(b)

@@ -45,11 +45,12 @@ type Config struct {
 // DefaultTimeout is the write timeout when none is configured.
 const DefaultTimeout = 60 * time.Second
 
-// Reserved column names: the revision of the record's document and its
-// generation, the integer before the dash ("3-abc" → 3).
+// Reserved column names: the revision of the record's document, and the
+// feed position of the change it came from, the numeric prefix of its
+// sequence id ("42-g1AAAA…" → 42), which orders writes.
 const (
 	revColumn = "_rev"
-	genColumn = "_rev_gen"
+	seqColumn = "_seq"
 	docColumn = "doc"
 )
 
@@ -107,7 +108,7 @@ func (c *Config) Validate(ch *engine.Check) {
 			if name == docColumn {
 				ch.Errorf("columns", "column %q holds the record's other fields; name the column differently, or set doc: false", name)
 			} else {
-				ch.Errorf("columns", "column %q is a column ptop keeps for itself (the revision); choose another name", name)
+				ch.Errorf("columns", "column %q is a column ptop keeps for itself (the revision and feed position); choose another name", name)
 			}
 		case strings.TrimSpace(typ) == "":
 			ch.Errorf("columns", "column %q needs a type, such as text, integer, timestamptz or jsonb", name)
@@ -122,7 +123,7 @@ func (c *Config) Validate(ch *engine.Check) {
 
 // reserved reports whether name is a column the sink manages.
 func reserved(name string, doc bool) bool {
-	return name == revColumn || name == genColumn || (doc && name == docColumn)
+	return name == revColumn || name == seqColumn || (doc && name == docColumn)
 }
 
 // checkDSN returns what is wrong with a connection string, never repeating

@@ -55,37 +55,20 @@ type row struct {
 	key   string  // the record id
 	vals  []value // one per data column, then doc when the sink keeps it
 	rev   value   // the revision, NULL when the record has none
-	gen   int64   // the revision's generation
-	hasG  bool    // false: no usable revision, no ordering
+	pos   int64   // the change's feed position (engine.SeqPosition)
+	hasP  bool    // false: no position, no ordering
 	del   bool
 }
 
-// revGeneration is the integer before the dash of a revision ("3-abc" →
-// 3); ok is false for "" and for revisions without one.
-func revGeneration(rev string) (int64, bool) {
-	i := 0
-	for i < len(rev) && rev[i] >= '0' && rev[i] <= '9' {
-		i++
-	}
-	if i == 0 || (i < len(rev) && rev[i] != '-') {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(rev[:i], 10, 64)
-	if err != nil {
-		return 0, false
-	}
-	return n, true
-}
-
 // replaces reports whether record r, coming after w in a batch, takes its
-// place: the same rule as against the table, so an older revision never
-// wins. Records without a generation always replace.
+// place: the same rule as against the table, so an earlier change never
+// wins. Records without a position always replace.
 func (r *row) replaces(w *row) bool {
-	return !r.hasG || !w.hasG || r.gen >= w.gen
+	return !r.hasP || !w.hasP || r.pos >= w.pos
 }
 
 // fold keeps one record per id, in the order of their first appearance:
-// the last one, unless an earlier one has a newer revision.
+// the last one, unless an earlier one comes from a later change.
 func fold(rows []row) []row {
 	pos := make(map[string]int, len(rows))
 	out := rows[:0:0]
@@ -134,7 +117,8 @@ func head(i int, r *engine.Record) (row, error) {
 	if strings.IndexByte(r.ID, 0) >= 0 {
 		return out, errors.New("the record id contains a NUL character, which Postgres text cannot hold")
 	}
-	out.gen, out.hasG = revGeneration(r.Rev)
+	out.pos = engine.SeqPosition(r.Seq)
+	out.hasP = out.pos >= 0
 	if r.Rev != "" {
 		if strings.IndexByte(r.Rev, 0) >= 0 {
 			return out, errors.New("the revision contains a NUL character")
@@ -188,7 +172,7 @@ func (e *encoder) values(r *engine.Record, vals []value) ([]value, error) {
 }
 
 // appendCopy appends record r's line in COPY's text format: key, columns,
-// doc, revision and generation. On error buf is returned as it was.
+// doc, revision and position. On error buf is returned as it was.
 func (e *encoder) appendCopy(buf []byte, r *engine.Record, rw *row) ([]byte, error) {
 	doc, err := fields(r)
 	if err != nil {
@@ -229,8 +213,8 @@ func (e *encoder) appendCopy(buf []byte, r *engine.Record, rw *row) ([]byte, err
 	buf = append(buf, '\t')
 	buf = copyValue(buf, rw.rev)
 	buf = append(buf, '\t')
-	if rw.hasG {
-		buf = strconv.AppendInt(buf, rw.gen, 10)
+	if rw.hasP {
+		buf = strconv.AppendInt(buf, rw.pos, 10)
 	} else {
 		buf = append(buf, `\N`...)
 	}

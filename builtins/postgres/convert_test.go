@@ -12,27 +12,11 @@ import (
 	"github.com/dimagi/ptop/engine"
 )
 
-func TestRevGeneration(t *testing.T) {
-	for _, tc := range []struct {
-		rev string
-		gen int64
-		ok  bool
-	}{
-		{"3-abc", 3, true}, {"12-", 12, true}, {"1", 1, true}, {"0-x", 0, true},
-		{"", 0, false}, {"abc", 0, false}, {"-3", 0, false}, {"3x-a", 0, false},
-		{"99999999999999999999-a", 0, false},
-	} {
-		gen, ok := revGeneration(tc.rev)
-		if gen != tc.gen || ok != tc.ok {
-			t.Errorf("revGeneration(%q) = %d, %v; want %d, %v", tc.rev, gen, ok, tc.gen, tc.ok)
-		}
-	}
-}
-
 func TestFold(t *testing.T) {
 	r := func(key, rev string, del bool) row {
-		g, ok := revGeneration(rev)
-		return row{key: key, rev: value{s: rev, ok: rev != ""}, gen: g, hasG: ok, del: del}
+		// Each revision as if from the change at its generation's position.
+		p := engine.SeqPosition(rev)
+		return row{key: key, rev: value{s: rev, ok: rev != ""}, pos: p, hasP: p >= 0, del: del}
 	}
 	show := func(rs []row) string {
 		var s []string
@@ -104,8 +88,8 @@ func TestEncode(t *testing.T) {
 		}
 	}
 	// Deletions need no document.
-	r, err := encodeRow(e, 3, &engine.Record{ID: "x", Rev: "4-d", Delete: true})
-	if err != nil || !r.del || r.gen != 4 || r.index != 3 {
+	r, err := encodeRow(e, 3, &engine.Record{ID: "x", Rev: "4-d", Seq: "17-g1AAAA", Delete: true})
+	if err != nil || !r.del || r.pos != 17 || r.index != 3 {
 		t.Fatalf("delete: %+v, %v", r, err)
 	}
 }

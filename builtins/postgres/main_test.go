@@ -96,12 +96,22 @@ func write(t testing.TB, s *Sink, recs ...engine.Record) {
 	}
 }
 
+// rec is a record of revision rev, as if from the change at the feed
+// position of rev's generation ("3-abc" from the change at 3), so that the
+// order of revisions is the order of positions; rev "" has no position.
 func rec(id, rev string, doc map[string]any) engine.Record {
-	return engine.Record{ID: id, DocID: id, Rev: rev, Doc: doc}
+	return engine.Record{ID: id, DocID: id, Rev: rev, Seq: genSeq(rev), Doc: doc}
 }
 
 func del(id, rev string) engine.Record {
-	return engine.Record{ID: id, DocID: id, Rev: rev, Delete: true}
+	return engine.Record{ID: id, DocID: id, Rev: rev, Seq: genSeq(rev), Delete: true}
+}
+
+func genSeq(rev string) string {
+	if i := strings.IndexByte(rev, '-'); i > 0 {
+		return rev[:i]
+	}
+	return ""
 }
 
 // waitFor polls cond for up to 30 s.

@@ -19,9 +19,10 @@
 // # Table
 //
 // The table has the key column (text primary key when the sink creates
-// it), the configured columns, doc jsonb (unless doc: false), and two
-// columns of the record's revision: _rev text and _rev_gen bigint, its
-// generation (the integer before the dash: "3-abc" → 3). Without create a
+// it), the configured columns, doc jsonb (unless doc: false), _rev text,
+// the record's revision, and _seq bigint, the feed position of the change
+// it was written from (the numeric prefix of its sequence id: "42" and
+// "42-g1AAAA…" are 42). Without create a
 // missing table or column stops the pillow at start, with the ALTER TABLE
 // that would fix it; the key column needs a primary key or unique index.
 // Columns of an existing table keep their types: values are converted to
@@ -40,13 +41,19 @@
 // # Writes
 //
 // A batch is written in one transaction. Records with the same id are
-// reduced to one, in order: the last, unless an earlier one has a newer
-// revision. Records are upserted only over rows of the same or an older
-// generation, and deletions remove only rows of the same or an older
-// generation, so an older revision never overwrites a newer one, also when
-// a reindex and the live feed overlap. Records without a revision (a
-// source that gives none) carry no order: they are written whatever the
-// row's generation, and any record with a revision replaces them.
+// reduced to one: the last. Records are upserted only over rows written
+// from the same or an earlier feed position, and deletions remove only
+// such rows, so that a delivery older than what a row holds (a reindex's
+// catch-up replaying a change the live pillow has written since, a
+// second writer) never overwrites it, while every later change of the
+// feed does, whatever its revision: CouchDB's current revision of a
+// conflicted document can have a lower generation than the one it
+// replaces, and the feed's last change of a document is the truth. Records
+// without a position (a document read again to retry its failure, a
+// source whose sequence ids have no number) carry no order: they are
+// written whatever the row's position, and any later change replaces
+// them. When the feed goes back (its database was recreated), the engine
+// stops the pillow and asks for a reindex: see the README.
 //
 // Rows whose key is not in the table yet go in with COPY (text format,
 // encoded while Postgres reads it); the others with one INSERT … ON
@@ -59,7 +66,12 @@
 // A record that Postgres rejects on its own (a value it cannot parse, a
 // constraint) does not hold the batch: the batch is written again with the
 // rejected records found by bisection under savepoints, and
-// engine.RecordErrors names exactly those; the rest are committed. Any
+// engine.RecordErrors names exactly those; the rest are committed. When
+// a batch has rejected records, the sink first checks that the table's
+// column types are still those its statements were made for: after an
+// ALTER COLUMN … TYPE while the pillow runs, it reads them again and
+// writes the batch again (once), so that values the table now takes are
+// not rejected under the old type. Any
 // other error (connection refused or lost, timeout, server shutting down)
 // fails the whole batch, which the engine retries with backoff while the
 // checkpoint holds. A table or column that disappears while the pillow
@@ -286,7 +298,7 @@ func (s *Sink) schema(ctx context.Context) (*schema, error) {
 
 // Write implements engine.Sink.
 func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
-	return s.write(ctx, records, "", "")
+	return s.writeTx(ctx, records, "", "", nil)
 }
 
 // SharesStore implements engine.TransactionalSink: cps shares this sink's
@@ -306,7 +318,9 @@ func (s *Sink) SharesStore(cps engine.CheckpointStore) bool {
 
 // WriteCheckpointed implements engine.TransactionalSink: the records and
 // the pillow's checkpoint are committed together.
-func (s *Sink) WriteCheckpointed(ctx context.Context, records []engine.Record, pillow, seq string) error {
+// The records Postgres rejects are handed to recordRejected before the
+// commit; if it fails, the transaction is rolled back.
+func (s *Sink) WriteCheckpointed(ctx context.Context, records []engine.Record, pillow, seq string, recordRejected func(engine.RecordErrors) error) error {
 	s.mu.Lock()
 	cps := s.cps
 	s.mu.Unlock()
@@ -314,9 +328,9 @@ func (s *Sink) WriteCheckpointed(ctx context.Context, records []engine.Record, p
 		return errors.New("postgres: WriteCheckpointed without a checkpoint store in the same database")
 	}
 	if seq == "" {
-		return s.write(ctx, records, "", "")
+		pillow = ""
 	}
-	return s.write(ctx, records, pillow, seq)
+	return s.writeTx(ctx, records, pillow, seq, recordRejected)
 }
 
 // Close implements engine.Sink.
@@ -334,9 +348,12 @@ func (s *Sink) Close() error {
 // errSlow says a batch has a record Postgres rejects: it is written again
 // with the rejected records found one by one. errConflict says COPY met a
 // row that exists: the batch is written again, upserting those.
+// errStale says the table's column types changed since the sink
+// prepared its statements: the batch is written again with new ones.
 var (
 	errSlow     = errors.New("a record was rejected")
 	errConflict = errors.New("a row exists")
+	errStale    = errors.New("the table's column types changed")
 )
 
 // How a transaction writes the upserts of a batch.
@@ -359,14 +376,23 @@ type batch struct {
 	ups      []row // one per id, values not encoded yet
 	dels     []row
 	rejected engine.RecordErrors
+	// failed are the records rejected before the transaction (no id);
+	// onRejected, when set, is given them and rejected before the commit.
+	failed     engine.RecordErrors
+	onRejected func(engine.RecordErrors) error
+	// checked: the table's types were checked after records were
+	// rejected (see schema.stale).
+	checked bool
 }
 
 func (b *batch) reject(r row, err error) {
 	b.rejected = append(b.rejected, engine.RecordError{Index: r.index, Err: rejection(err)})
 }
 
-// write writes a batch, with pillow's checkpoint when seq is set.
-func (s *Sink) write(ctx context.Context, records []engine.Record, pillow, seq string) error {
+// writeTx writes a batch, with pillow's checkpoint when seq is set. With
+// recordRejected, the rejected records are handed to it before the commit
+// instead of being returned.
+func (s *Sink) writeTx(ctx context.Context, records []engine.Record, pillow, seq string, recordRejected func(engine.RecordErrors) error) error {
 	sch, err := s.schema(ctx)
 	if err != nil {
 		return err
@@ -393,9 +419,10 @@ func (s *Sink) write(ctx context.Context, records []engine.Record, pillow, seq s
 			b.ups = append(b.ups, r)
 		}
 	}
-	if len(b.ups) == 0 && len(b.dels) == 0 && seq == "" {
+	if len(b.ups) == 0 && len(b.dels) == 0 && seq == "" && recordRejected == nil {
 		return recordErrors(failed)
 	}
+	b.failed, b.onRejected = failed, recordRejected
 	s.mu.Lock()
 	cps, cpReady := s.cps, s.cpReady
 	s.mu.Unlock()
@@ -410,21 +437,46 @@ func (s *Sink) write(ctx context.Context, records []engine.Record, pillow, seq s
 		s.cpReady = true
 		s.mu.Unlock()
 	}
-	m := split
-	if s.allNew.Load() {
-		m = copyAll
-	}
-	err = s.transaction(ctx, pool, sch, b, m, cps, pillow, seq)
-	if errors.Is(err, errConflict) {
+	for refreshed := false; ; refreshed = true {
 		b.rejected = b.rejected[:0]
-		err = s.transaction(ctx, pool, sch, b, split, cps, pillow, seq)
-	}
-	if errors.Is(err, errSlow) {
-		b.rejected = b.rejected[:0]
-		err = s.transaction(ctx, pool, sch, b, slow, cps, pillow, seq)
+		m := split
+		if s.allNew.Load() {
+			m = copyAll
+		}
+		err = s.transaction(ctx, pool, sch, b, m, cps, pillow, seq)
+		if errors.Is(err, errConflict) {
+			b.rejected = b.rejected[:0]
+			err = s.transaction(ctx, pool, sch, b, split, cps, pillow, seq)
+		}
+		if errors.Is(err, errSlow) {
+			b.rejected = b.rejected[:0]
+			err = s.transaction(ctx, pool, sch, b, slow, cps, pillow, seq)
+		}
+		if err == nil && len(b.rejected) > 0 && !b.checked && !refreshed {
+			// Written without a transaction of ours (one COPY): check now.
+			var stale bool
+			if stale, err = sch.stale(ctx, pool); err == nil && stale {
+				err = errStale
+			}
+		}
+		if !errors.Is(err, errStale) || refreshed {
+			break
+		}
+		s.log.Info("the table's column types changed; writing the batch again with them", "table", sch.table.Sanitize())
+		s.mu.Lock()
+		if s.sch == sch {
+			s.sch = nil
+		}
+		s.mu.Unlock()
+		if sch, err = s.schema(ctx); err != nil {
+			return err
+		}
 	}
 	if err != nil {
 		return s.writeError(err)
+	}
+	if recordRejected != nil {
+		return nil // handed over before the commit
 	}
 	return recordErrors(append(failed, b.rejected...))
 }
@@ -459,7 +511,7 @@ func recordErrors(errs engine.RecordErrors) error {
 // are found by bisection.
 func (s *Sink) transaction(ctx context.Context, pool *pgxpool.Pool, sch *schema, b *batch, m mode,
 	cps *Checkpoints, pillow, seq string) error {
-	if m == copyAll && len(b.dels) == 0 && seq == "" {
+	if m == copyAll && len(b.dels) == 0 && seq == "" && b.onRejected == nil {
 		// One COPY is a transaction of its own: no BEGIN and COMMIT
 		// round trips.
 		conn, err := pool.Acquire(ctx)
@@ -523,6 +575,25 @@ func (s *Sink) transaction(ctx context.Context, pool *pgxpool.Pool, sch *schema,
 	if seq != "" {
 		if err := cps.save(ctx, tx, pillow, seq); err != nil {
 			return err
+		}
+	}
+	if len(b.rejected) > 0 && !b.checked {
+		// Rejected under the types the statements were made for: if the
+		// table's differ now, they were rejected for nothing.
+		b.checked = true
+		stale, err := sch.stale(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if stale {
+			return errStale
+		}
+	}
+	if b.onRejected != nil {
+		if rej := append(append(engine.RecordErrors(nil), b.failed...), b.rejected...); len(rej) > 0 {
+			if err := b.onRejected(recordErrors(rej).(engine.RecordErrors)); err != nil {
+				return err
+			}
 		}
 	}
 	return tx.Commit(ctx)
@@ -632,7 +703,7 @@ func upsert(ctx context.Context, tx pgx.Tx, sch *schema, rows []row) error {
 			cols[c][i] = pgtype.Text{String: v.s, Valid: v.ok}
 		}
 		revs[i] = pgtype.Text{String: r.rev.s, Valid: r.rev.ok}
-		gens[i] = pgtype.Int8{Int64: r.gen, Valid: r.hasG}
+		gens[i] = pgtype.Int8{Int64: r.pos, Valid: r.hasP}
 	}
 	args := make([]any, 0, ncols+3)
 	args = append(args, keys)
@@ -644,13 +715,13 @@ func upsert(ctx context.Context, tx pgx.Tx, sch *schema, rows []row) error {
 	return err
 }
 
-// deleteRows deletes the rows of the same or an older generation.
+// deleteRows deletes the rows written from the same or an earlier position.
 func deleteRows(ctx context.Context, tx pgx.Tx, sch *schema, rows []row) error {
 	keys := make([]string, len(rows))
 	gens := make([]pgtype.Int8, len(rows))
 	for i, r := range rows {
 		keys[i] = r.key
-		gens[i] = pgtype.Int8{Int64: r.gen, Valid: r.hasG}
+		gens[i] = pgtype.Int8{Int64: r.pos, Valid: r.hasP}
 	}
 	_, err := tx.Exec(ctx, sch.deleteSQL, keys, gens)
 	return err
@@ -738,7 +809,12 @@ func classify(err error) error {
 	return err
 }
 
+// GuardsPositions implements engine.PositionGuard: rows are kept over
+// records of earlier changes.
+func (s *Sink) GuardsPositions() bool { return true }
+
 var (
 	_ engine.Sink              = (*Sink)(nil)
 	_ engine.TransactionalSink = (*Sink)(nil)
+	_ engine.PositionGuard     = (*Sink)(nil)
 )

@@ -43,7 +43,7 @@ func TestUpsertDeleteAndRevisions(t *testing.T) {
 	s := loadSink(t, fmt.Sprintf("dsn: %q\ntable: cases\ncolumns: {name: text, n: integer}\ncreate: true\n", dsn))
 	open(t, s)
 	rows := func() string {
-		return table(t, pg, dsn, `SELECT _id, name, n, doc, _rev, _rev_gen FROM cases ORDER BY _id`)
+		return table(t, pg, dsn, `SELECT _id, name, n, doc, _rev, _seq FROM cases ORDER BY _id`)
 	}
 
 	write(t, s,
@@ -288,7 +288,7 @@ func TestRecordErrors(t *testing.T) {
 		if msg := re[0].Err.Error(); !strings.Contains(msg, "not-a-date") || !strings.Contains(msg, "22007") {
 			t.Errorf("message of record 3: %s", msg)
 		}
-		got := pg.Query(t, dsn, "SELECT count(*), min(_rev_gen), max(_rev_gen) FROM t")[0]
+		got := pg.Query(t, dsn, "SELECT count(*), min(_seq), max(_seq) FROM t")[0]
 		if got[0] != int64(15) || got[1] != int64(gen) || got[2] != int64(gen) {
 			t.Fatalf("gen %d: rows %v, want 15 of generation %d", gen, got, gen)
 		}
@@ -303,7 +303,7 @@ func TestCreateTable(t *testing.T) {
 	open(t, s)
 	got := table(t, pg, dsn, `SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute
 		WHERE attrelid = '"Reports"."CaseList"'::regclass AND attnum > 0 ORDER BY attnum`)
-	want := "case_id|text|true\nzeta|text|false\nopened_on|timestamp with time zone|false\ntags|text[]|false\ndoc|jsonb|false\n_rev|text|false\n_rev_gen|bigint|false"
+	want := "case_id|text|true\nzeta|text|false\nopened_on|timestamp with time zone|false\ntags|text[]|false\ndoc|jsonb|false\n_rev|text|false\n_seq|bigint|false"
 	if got != want {
 		t.Fatalf("columns:\n%s\nwant\n%s", got, want)
 	}
@@ -327,12 +327,12 @@ func TestOpenErrors(t *testing.T) {
 	pg := testenv.SharedPostgres(t)
 	dsn := pg.NewDatabase(t)
 	pg.ExecIn(t, dsn, `CREATE TABLE partial (_id text PRIMARY KEY, name text, _rev text);
-		CREATE TABLE nokey (_id text, doc jsonb, _rev text, _rev_gen bigint)`)
+		CREATE TABLE nokey (_id text, doc jsonb, _rev text, _seq bigint)`)
 	for _, tc := range []struct{ cfg, want string }{
 		{"table: missing\n", `table missing does not exist: create it, or set create: true`},
 		{"table: s.missing\n", `table s.missing does not exist`},
 		{"table: partial\ncolumns: {name: text, opened_on: timestamptz}\n",
-			`table partial has no column "opened_on", "doc", "_rev_gen": add them with ALTER TABLE "partial" ADD COLUMN "opened_on" timestamptz, ADD COLUMN "doc" jsonb, ADD COLUMN "_rev_gen" bigint, or set create: true`},
+			`table partial has no column "opened_on", "doc", "_seq": add them with ALTER TABLE "partial" ADD COLUMN "opened_on" timestamptz, ADD COLUMN "doc" jsonb, ADD COLUMN "_seq" bigint, or set create: true`},
 		{"table: partial\nkey: id\ndoc: false\n", `table partial has no key column "id"`},
 		{"table: nokey\n", `table nokey has no primary key or unique index on its key column "_id" (upserts need one): ALTER TABLE "nokey" ADD PRIMARY KEY ("_id")`},
 		{"table: x\ncolumns: {a: nosuchtype}\ncreate: true\n", `column "a": type "nosuchtype" does not exist in this database`},
@@ -369,7 +369,7 @@ func TestTableDroppedWhileRunning(t *testing.T) {
 	pg := testenv.SharedPostgres(t)
 	dsn := pg.NewDatabase(t)
 	for _, create := range []bool{true, false} {
-		pg.ExecIn(t, dsn, "CREATE TABLE IF NOT EXISTS dropme (_id text PRIMARY KEY, doc jsonb, _rev text, _rev_gen bigint)")
+		pg.ExecIn(t, dsn, "CREATE TABLE IF NOT EXISTS dropme (_id text PRIMARY KEY, doc jsonb, _rev text, _seq bigint)")
 		s := loadSink(t, fmt.Sprintf("dsn: %q\ntable: dropme\ncreate: %v\n", dsn, create))
 		open(t, s)
 		write(t, s, rec("a", "1-a", map[string]any{}))
@@ -445,13 +445,13 @@ func TestSharesStore(t *testing.T) {
 	}
 	open(t, s)
 	ctx := context.Background()
-	if err := s.WriteCheckpointed(ctx, []engine.Record{rec("a", "1-a", map[string]any{})}, "p", "7"); err != nil {
+	if err := s.WriteCheckpointed(ctx, []engine.Record{rec("a", "1-a", map[string]any{})}, "p", "7", nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.WriteCheckpointed(ctx, nil, "p", "8-opaque"); err != nil {
+	if err := s.WriteCheckpointed(ctx, nil, "p", "8-opaque", nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.WriteCheckpointed(ctx, []engine.Record{rec("b", "1-b", map[string]any{})}, "p", ""); err != nil {
+	if err := s.WriteCheckpointed(ctx, []engine.Record{rec("b", "1-b", map[string]any{})}, "p", "", nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := table(t, pg, dsn, "SELECT pillow, seq FROM cps"); got != "p|8-opaque" {
@@ -462,7 +462,7 @@ func TestSharesStore(t *testing.T) {
 	}
 
 	// A rejected record is reported, and the rest commits with the checkpoint.
-	err := s.WriteCheckpointed(ctx, []engine.Record{rec("c", "1-c", map[string]any{}), {ID: "", Rev: "1-x"}}, "p", "9")
+	err := s.WriteCheckpointed(ctx, []engine.Record{rec("c", "1-c", map[string]any{}), {ID: "", Rev: "1-x"}}, "p", "9", nil)
 	var re engine.RecordErrors
 	if !errors.As(err, &re) || len(re) != 1 || re[0].Index != 1 {
 		t.Fatalf("error %v", err)
@@ -540,5 +540,36 @@ func TestLeaseStore(t *testing.T) {
 	}
 	if n := pg.Query(t, dsn, "SELECT count(*) FROM meta.cps_lease")[0][0]; n != int64(1) {
 		t.Fatalf("rows %v", n)
+	}
+}
+
+// TestColumnTypeAltered: after ALTER COLUMN … TYPE while the sink runs,
+// values the table now takes are not rejected under the old type: the
+// sink reads the table's types again and writes the batch again, once.
+func TestColumnTypeAltered(t *testing.T) {
+	t.Parallel()
+	pg := testenv.SharedPostgres(t)
+	dsn := pg.NewDatabase(t)
+	s := loadSink(t, fmt.Sprintf("dsn: %q\ntable: t\ncolumns: {n: integer}\ncreate: true\n", dsn))
+	open(t, s)
+	write(t, s, rec("a", "1-a", map[string]any{"n": 1.0}), rec("b", "1-b", map[string]any{"n": 2.0}))
+	pg.ExecIn(t, dsn, "ALTER TABLE t ALTER COLUMN n TYPE bigint")
+	for _, round := range []struct {
+		name string
+		ids  [3]string
+	}{{"existing rows (upsert)", [3]string{"a", "b", "c"}}, {"new rows (COPY)", [3]string{"x", "y", "z"}}} {
+		err := s.Write(context.Background(), []engine.Record{
+			rec(round.ids[0], "2-a", map[string]any{"n": 5e9}),
+			rec(round.ids[1], "2-b", map[string]any{"n": "not a number"}),
+			rec(round.ids[2], "2-c", map[string]any{"n": 6e9}),
+		})
+		var re engine.RecordErrors
+		if !errors.As(err, &re) || len(re) != 1 || re[0].Index != 1 {
+			t.Fatalf("%s: error %v, want only record 1 rejected", round.name, err)
+		}
+		got := pg.Query(t, dsn, fmt.Sprintf("SELECT n FROM t WHERE _id IN ('%s', '%s') ORDER BY _id", round.ids[0], round.ids[2]))
+		if len(got) != 2 || got[0][0] != int64(5e9) || got[1][0] != int64(6e9) {
+			t.Fatalf("%s: rows %v, want 5000000000 and 6000000000", round.name, got)
+		}
 	}
 }

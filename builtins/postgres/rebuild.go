@@ -106,22 +106,28 @@ func (s *Sink) connect(ctx context.Context) (*pgx.Conn, error) {
 }
 
 // RebuildTarget implements engine.Rebuildable: it creates the shadow table
-// TABLE__reindex (adding missing columns when it exists) and returns a
-// sink writing into it, with the same write semantics and checkpoint store.
-func (s *Sink) RebuildTarget(ctx context.Context) (engine.Sink, error) {
+// TABLE__reindex (adding missing columns when it exists; dropping it first
+// when fresh) and returns a sink writing into it, with the same write
+// semantics and checkpoint store, and the shadow table's oid as its id.
+func (s *Sink) RebuildTarget(ctx context.Context, fresh bool) (engine.Sink, string, error) {
 	if s.rebuildOf != nil {
-		return nil, errors.New("postgres: the sink of a rebuild cannot be rebuilt")
+		return nil, "", errors.New("postgres: the sink of a rebuild cannot be rebuilt")
 	}
 	conn, err := s.connect(ctx)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout.D())
 	defer cancel()
 	names, err := resolveNames(ctx, conn, s.table)
 	if err != nil {
-		return nil, classify(err)
+		return nil, "", classify(err)
+	}
+	if fresh {
+		if err := ddl(ctx, conn, names.shadow(), []string{"DROP TABLE IF EXISTS " + names.shadow().Sanitize()}); err != nil {
+			return nil, "", classify(err)
+		}
 	}
 	s.mu.Lock()
 	cps := s.cps
@@ -139,7 +145,11 @@ func (s *Sink) RebuildTarget(ctx context.Context) (engine.Sink, error) {
 		rebuildOf: s,
 	}
 	if _, err := t.ensureSchema(ctx, conn, t.dst); err != nil {
-		return nil, classify(err)
+		return nil, "", classify(err)
+	}
+	var oid uint32
+	if err := conn.QueryRow(ctx, "SELECT to_regclass($1)::oid", names.shadow().Sanitize()).Scan(&oid); err != nil {
+		return nil, "", classify(err)
 	}
 	// Made now: a table that disappears later is not made again (Promote
 	// renamed it, or someone dropped it).
@@ -147,7 +157,7 @@ func (s *Sink) RebuildTarget(ctx context.Context) (engine.Sink, error) {
 	s.mu.Lock()
 	s.targets = append(s.targets, t)
 	s.mu.Unlock()
-	return t, nil
+	return t, fmt.Sprintf("table %s oid %d", names.shadow().Sanitize(), oid), nil
 }
 
 // moveTo makes the sink write into d from its next batch on.

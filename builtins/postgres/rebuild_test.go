@@ -21,7 +21,7 @@ import (
 // when the test ends.
 func rebuildTarget(t testing.TB, s *Sink) *Sink {
 	t.Helper()
-	ts, err := s.RebuildTarget(context.Background())
+	ts, _, err := s.RebuildTarget(context.Background(), false)
 	if err != nil {
 		t.Fatalf("RebuildTarget: %v", err)
 	}
@@ -53,7 +53,7 @@ func TestRebuildTargetCreatesAndReuses(t *testing.T) {
 	pg := testenv.SharedPostgres(t)
 	dsn := pg.NewDatabase(t)
 	// A table made by hand, written without create.
-	pg.ExecIn(t, dsn, `CREATE TABLE cases (_id text PRIMARY KEY, name varchar(10), doc jsonb, _rev text, _rev_gen bigint);
+	pg.ExecIn(t, dsn, `CREATE TABLE cases (_id text PRIMARY KEY, name varchar(10), doc jsonb, _rev text, _seq bigint);
 		INSERT INTO cases VALUES ('old', 'Old', '{}', '1-a', 1)`)
 	cfg := fmt.Sprintf("dsn: %q\ntable: cases\ncolumns: {name: text, age: integer}\n", dsn)
 	s := loadSink(t, cfg)
@@ -61,7 +61,7 @@ func TestRebuildTargetCreatesAndReuses(t *testing.T) {
 	// As create: true makes it from this configuration.
 	got := table(t, pg, dsn, `SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute
 		WHERE attrelid = 'cases__reindex'::regclass AND attnum > 0 ORDER BY attnum`)
-	want := "_id|text|true\nname|text|false\nage|integer|false\ndoc|jsonb|false\n_rev|text|false\n_rev_gen|bigint|false"
+	want := "_id|text|true\nname|text|false\nage|integer|false\ndoc|jsonb|false\n_rev|text|false\n_seq|bigint|false"
 	if got != want {
 		t.Fatalf("columns:\n%s\nwant\n%s", got, want)
 	}
@@ -70,7 +70,7 @@ func TestRebuildTargetCreatesAndReuses(t *testing.T) {
 		rec("b", "1-b", map[string]any{"name": "B"}))
 	write(t, target, rec("a", "1-a", map[string]any{"name": "stale"}), del("b", "2-b"))
 	rows := func(tbl string) string {
-		return table(t, pg, dsn, `SELECT _id, name, age, doc, _rev, _rev_gen FROM `+tbl+` ORDER BY _id`)
+		return table(t, pg, dsn, `SELECT _id, name, age, doc, _rev, _seq FROM `+tbl+` ORDER BY _id`)
 	}
 	if got, want := rows("cases__reindex"), "a|a name longer than ten|7|map[x:1]|2-a|2"; got != want {
 		t.Fatalf("rebuilt rows:\n%s\nwant\n%s", got, want)
@@ -92,7 +92,7 @@ func TestRebuildTargetCreatesAndReuses(t *testing.T) {
 	}
 
 	// The sink of a rebuild is not rebuilt or promoted itself.
-	if _, err := target2.RebuildTarget(context.Background()); err == nil {
+	if _, _, err := target2.RebuildTarget(context.Background(), false); err == nil {
 		t.Error("RebuildTarget of a rebuild's sink succeeded")
 	}
 	if _, err := target2.Promote(context.Background(), false); err == nil {
@@ -169,7 +169,7 @@ func TestPromote(t *testing.T) {
 	write(t, s, recs...)
 	target := rebuildTarget(t, s)
 	for i := range recs {
-		recs[i].Rev = "2-b"
+		recs[i].Rev, recs[i].Seq = "2-b", "2"
 		recs[i].Doc = map[string]any{"name": "rebuilt"}
 	}
 	write(t, target, append(recs, rec("new", "1-a", map[string]any{"name": "rebuilt"}))...)
@@ -353,7 +353,7 @@ func TestRebuildSchemaQualified(t *testing.T) {
 	}
 
 	// search_path = first, second; the table is in second.
-	pg.ExecIn(t, dsn, `CREATE SCHEMA first; CREATE SCHEMA second; CREATE TABLE second.t (_id text PRIMARY KEY, doc jsonb, _rev text, _rev_gen bigint)`)
+	pg.ExecIn(t, dsn, `CREATE SCHEMA first; CREATE SCHEMA second; CREATE TABLE second.t (_id text PRIMARY KEY, doc jsonb, _rev text, _seq bigint)`)
 	sp := dsn + "&search_path=first,second"
 	s = loadSink(t, fmt.Sprintf("dsn: %q\ntable: t\n", sp))
 	open(t, s)
@@ -448,7 +448,7 @@ func TestLiveSinkFollowsPromote(t *testing.T) {
 	}
 	// The rebuilt rows that the live pillow updated since carry its newer
 	// revisions.
-	if got := count(dsn, "SELECT count(*) FROM cases WHERE _id LIKE 'u%' AND _rev_gen > 1 AND name LIKE 'update %'"); got != 10 {
+	if got := count(dsn, "SELECT count(*) FROM cases WHERE _id LIKE 'u%' AND _rev NOT LIKE '1-%' AND name LIKE 'update %'"); got != 10 {
 		t.Fatalf("%d updated rows, want 10", got)
 	}
 }
@@ -466,7 +466,7 @@ func TestRebuildCheckpointed(t *testing.T) {
 	}
 	defer cps.(*Checkpoints).Close()
 	s := loadSink(t, fmt.Sprintf("dsn: %q\ntable: t\ncreate: true\n", dsn))
-	ts, err := s.RebuildTarget(ctx)
+	ts, _, err := s.RebuildTarget(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -478,14 +478,14 @@ func TestRebuildCheckpointed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer target.Close()
-	if err := target.WriteCheckpointed(ctx, []engine.Record{rec("a", "1-a", nil)}, "p.reindex", "5"); err != nil {
+	if err := target.WriteCheckpointed(ctx, []engine.Record{rec("a", "1-a", nil)}, "p.reindex", "5", nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := table(t, pg, dsn, "SELECT (SELECT seq FROM cps WHERE pillow = 'p.reindex'), (SELECT _id FROM t__reindex)"); got != "5|a" {
 		t.Fatalf("checkpoint and rows %s", got)
 	}
 	promote(t, s, false)
-	if err := target.WriteCheckpointed(ctx, []engine.Record{rec("b", "1-b", nil)}, "p.reindex", "6"); err != nil {
+	if err := target.WriteCheckpointed(ctx, []engine.Record{rec("b", "1-b", nil)}, "p.reindex", "6", nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := table(t, pg, dsn, "SELECT (SELECT seq FROM cps WHERE pillow = 'p.reindex'), (SELECT string_agg(_id, ',' ORDER BY _id) FROM t)"); got != "6|a,b" {
@@ -496,12 +496,12 @@ func TestRebuildCheckpointed(t *testing.T) {
 	// the rebuild's too.
 	s2 := loadSink(t, fmt.Sprintf("dsn: %q\ntable: t2\ncreate: true\n", dsn))
 	s2.SharesStore(cps)
-	ts2, err := s2.RebuildTarget(ctx)
+	ts2, _, err := s2.RebuildTarget(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ts2.Close()
-	if err := ts2.(engine.TransactionalSink).WriteCheckpointed(ctx, []engine.Record{rec("a", "1-a", nil)}, "q.reindex", "1"); err != nil {
+	if err := ts2.(engine.TransactionalSink).WriteCheckpointed(ctx, []engine.Record{rec("a", "1-a", nil)}, "q.reindex", "1", nil); err != nil {
 		t.Fatal(err)
 	}
 }

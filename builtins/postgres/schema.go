@@ -16,11 +16,13 @@ import (
 // schema is what the sink knows of its table once checked: the columns'
 // actual types and the statements made from them.
 type schema struct {
+	table       pgx.Identifier
+	cols        map[string]column // the table's columns when checked
 	newEncoder  func() *encoder
 	existingSQL string // $1 keys → the 1-based ordinals of those present
 	copySQL     string // COPY of new rows, text format
-	upsertSQL   string // $1 keys, then one text[] per data column, revs, generations
-	deleteSQL   string // $1 keys, $2 generations
+	upsertSQL   string // $1 keys, then one text[] per data column, revs, positions
+	deleteSQL   string // $1 keys, $2 positions
 }
 
 type column struct {
@@ -156,6 +158,22 @@ func (s *Sink) ensureSchema(ctx context.Context, conn querier, d dest) (*schema,
 	return s.prepare(d, cols), nil
 }
 
+// stale reports whether the table's columns no longer have the types
+// sch was prepared for (an ALTER COLUMN … TYPE while the pillow runs):
+// its casts and encoders would reject values the table takes.
+func (sch *schema) stale(ctx context.Context, q querier) (bool, error) {
+	cols, err := tableColumns(ctx, q, sch.table)
+	if err != nil || cols == nil {
+		return false, err
+	}
+	for name, c := range sch.cols {
+		if now, ok := cols[name]; !ok || now.oid != c.oid || now.typ != c.typ {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // managedColumns are the columns the sink writes besides the key, with
 // the types it creates them with.
 func (s *Sink) managedColumns() []column {
@@ -166,7 +184,7 @@ func (s *Sink) managedColumns() []column {
 	if s.cfg.Doc {
 		cs = append(cs, column{name: docColumn, typ: "jsonb"})
 	}
-	return append(cs, column{name: revColumn, typ: "text"}, column{name: genColumn, typ: "bigint"})
+	return append(cs, column{name: revColumn, typ: "text"}, column{name: seqColumn, typ: "bigint"})
 }
 
 func (s *Sink) managedType(name string) string {
@@ -252,7 +270,7 @@ func (s *Sink) prepare(d dest, cols map[string]column) *schema {
 	for _, c := range data {
 		names = append(names, pgx.Identifier{c}.Sanitize())
 	}
-	names = append(names, pgx.Identifier{revColumn}.Sanitize(), pgx.Identifier{genColumn}.Sanitize())
+	names = append(names, pgx.Identifier{revColumn}.Sanitize(), pgx.Identifier{seqColumn}.Sanitize())
 
 	// unnest($1::text[], …) AS u(c0, …): every value travels as text and
 	// is cast to its column's type, as COPY's text format would parse it.
@@ -274,10 +292,12 @@ func (s *Sink) prepare(d dest, cols map[string]column) *schema {
 	for _, nm := range names[1:] {
 		sets = append(sets, nm+" = EXCLUDED."+nm)
 	}
-	gen := pgx.Identifier{genColumn}.Sanitize()
+	gen := pgx.Identifier{seqColumn}.Sanitize()
 	newer := fmt.Sprintf("t.%s IS NULL OR EXCLUDED.%s IS NULL OR t.%s <= EXCLUDED.%s", gen, gen, gen, gen)
 
 	return &schema{
+		table: d.table,
+		cols:  cols,
 		newEncoder: func() *encoder {
 			return newEncoder(s.cfg.Key, s.columns, kinds, s.cfg.Doc, cols[docColumn].cast == "json")
 		},
