@@ -217,6 +217,7 @@ func TestTap(t *testing.T) {
 	if s := brief(failed.wait(t)); s != "4:d:failed 6:f:failed" {
 		t.Fatalf("tap --outcome failed: %s", s)
 	}
+	noBodies.wait(t) // its output is whole once it exits
 	if b := strings.TrimSpace(noBodies.stdout.String()); b != `{"seq":"1","id":"a","rev":"1-x","deleted":false,"outcome":"written","records":[{"id":"a"}]}` {
 		t.Fatalf("tap --records=false: %s", b)
 	}
