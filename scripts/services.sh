@@ -462,7 +462,7 @@ lines_down() {
 # KRaft combined mode (broker and controller), PLAINTEXT and CONTROLLER listeners
 # on 127.0.0.1, replication factors 1, 256 MB heap, a fresh data dir at every
 # `up`. KAFKA_PORT picks the PLAINTEXT port. The same server.properties as
-# internal/testenv's KafkaServerProperties.
+# internal/testenv's KafkaServerProperties without its SASL listener.
 
 KAFKA_PID=$STATE/kafka.pid
 KAFKA_PORTFILE=$STATE/kafka.port
@@ -562,9 +562,14 @@ kafka_up() {
 }
 
 # kafka_cluster_id: a random cluster id as Kafka writes them (16 bytes, URL-safe
-# base64 without padding).
+# base64 without padding), not starting with '-' (the storage tool would take it
+# for an option).
 kafka_cluster_id() {
-	head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+	local id=-
+	while [[ $id == -* ]]; do
+		id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+	done
+	printf '%s\n' "$id"
 }
 
 kafka_down() {

@@ -226,3 +226,31 @@ func TestPerKeyOrder(t *testing.T) {
 		t.Fatalf("%d keys over %d partitions", len(last), len(used))
 	}
 }
+
+// The sasl block logs in with each mechanism; a wrong password is a
+// permanent error.
+func TestSASL(t *testing.T) {
+	k := testenv.StartKafka(t)
+	for _, m := range []string{"plain", "scram-sha-256", "scram-sha-512"} {
+		t.Run(m, func(t *testing.T) {
+			topic := topicName(t)
+			s := newSink(t, k.SASLBrokers, Config{Topic: topic, Partitions: 1,
+				SASL: &SASL{Mechanism: m, Username: testenv.KafkaUser, Password: testenv.KafkaPassword}})
+			write(t, s, rec("a", map[string]any{"m": m}))
+			if got := consume(t, k, topic, 1); string(got[0].Value) != `{"m":"`+m+`"}` {
+				t.Errorf("got %s", got[0].Value)
+			}
+
+			cfg := Config{Brokers: k.SASLBrokers, Topic: topic, Format: FormatRecord, Partitions: 1, WriteTimeout: component.Duration(time.Minute),
+				SASL: &SASL{Mechanism: m, Username: testenv.KafkaUser, Password: "wrong"}}
+			bad, err := New(&cfg, component.BuildContext{Log: testLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer bad.Close()
+			if err := bad.Open(context.Background()); !component.IsPermanent(err) || !errors.Is(err, kerr.SaslAuthenticationFailed) {
+				t.Errorf("a wrong password: %v, want a permanent SASL_AUTHENTICATION_FAILED", err)
+			}
+		})
+	}
+}

@@ -13,9 +13,11 @@ package testenv
 // scripts/test.sh prepare (tools/kafka/install.sh) copies the jars from
 // Maven Central (with mvn) under .cache; tests only look them up and fail
 // with that hint when they are missing. The broker runs on the machine's
-// Java 17 with a 256 MB heap, with PLAINTEXT and CONTROLLER listeners on
-// free loopback ports, replication factors 1, and its data and log in a
-// scratch directory under the system temp dir.
+// Java 17 with a 256 MB heap, with PLAINTEXT, SASL_PLAINTEXT and
+// CONTROLLER listeners on free loopback ports, replication factors 1, and
+// its data and log in a scratch directory under the system temp dir. The
+// SASL listener takes KafkaUser with KafkaPassword through PLAIN,
+// SCRAM-SHA-256 and SCRAM-SHA-512.
 
 import (
 	"bytes"
@@ -38,6 +40,13 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
+// The user that the broker's SASL listener (Kafka.SASLBrokers) knows, with
+// every mechanism.
+const (
+	KafkaUser     = "ptop"
+	KafkaPassword = "ptop-secret"
+)
+
 // KafkaStartTimeout is how long the broker may take to start.
 const KafkaStartTimeout = 90 * time.Second
 
@@ -55,9 +64,12 @@ type KafkaOptions struct {
 type Kafka struct {
 	// Brokers is the bootstrap address, 127.0.0.1:PORT.
 	Brokers string
-	// Port is the PLAINTEXT listener's port, ControllerPort the KRaft
-	// controller's, both on 127.0.0.1.
-	Port, ControllerPort int
+	// SASLBrokers is the address of the SASL_PLAINTEXT listener, where
+	// clients log in as KafkaUser.
+	SASLBrokers string
+	// Port is the PLAINTEXT listener's port, SASLPort the SASL_PLAINTEXT
+	// one's, ControllerPort the KRaft controller's, all on 127.0.0.1.
+	Port, SASLPort, ControllerPort int
 	// ClusterID is the id the storage was formatted with.
 	ClusterID string
 	// Dir holds server.properties, log4j2.properties, data/ and
@@ -303,10 +315,14 @@ func (k *Kafka) startFresh() error {
 		if k.ControllerPort, err = FreePort(); err != nil {
 			return err
 		}
-		if k.ControllerPort == k.Port {
+		if k.SASLPort, err = FreePort(); err != nil {
+			return err
+		}
+		if k.ControllerPort == k.Port || k.SASLPort == k.Port || k.SASLPort == k.ControllerPort {
 			continue
 		}
 		k.Brokers = "127.0.0.1:" + strconv.Itoa(k.Port)
+		k.SASLBrokers = "127.0.0.1:" + strconv.Itoa(k.SASLPort)
 		if err = k.format(); err != nil {
 			return err
 		}
@@ -324,13 +340,16 @@ func (k *Kafka) format() error {
 	if err := os.RemoveAll(data); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(k.Dir, "server.properties"), []byte(KafkaServerProperties(k.Port, k.ControllerPort, data)), 0o644); err != nil {
+	props := KafkaServerProperties(k.Port, k.ControllerPort, k.SASLPort, data)
+	if err := os.WriteFile(filepath.Join(k.Dir, "server.properties"), []byte(props), 0o644); err != nil {
 		return err
 	}
 	if k.ClusterID == "" {
 		k.ClusterID = NewKafkaClusterID()
 	}
-	out, err := k.command("kafka.tools.StorageTool", "format", "--standalone", "-t", k.ClusterID, "-c", filepath.Join(k.Dir, "server.properties")).CombinedOutput()
+	scram := "[name=" + KafkaUser + ",password=" + KafkaPassword + "]"
+	out, err := k.command("kafka.tools.StorageTool", "format", "--standalone", "-t", k.ClusterID, "-c", filepath.Join(k.Dir, "server.properties"),
+		"--add-scram", "SCRAM-SHA-256="+scram, "--add-scram", "SCRAM-SHA-512="+scram).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("kafka.tools.StorageTool format: %w\n%s", err, out)
 	}
@@ -340,16 +359,30 @@ func (k *Kafka) format() error {
 // KafkaServerProperties is the configuration of a one-node KRaft broker on
 // 127.0.0.1 with its data in dataDir: broker and controller in one process,
 // replication factors 1, the first consumer of a group served at once.
-// scripts/services.sh writes the same.
-func KafkaServerProperties(port, controllerPort int, dataDir string) string {
+// With saslPort > 0 it adds a SASL_PLAINTEXT listener there for KafkaUser:
+// PLAIN from the JAAS config, SCRAM from the credentials that the storage
+// was formatted with. scripts/services.sh writes the same, without SASL.
+func KafkaServerProperties(port, controllerPort, saslPort int, dataDir string) string {
 	p, c := strconv.Itoa(port), strconv.Itoa(controllerPort)
+	listeners := "PLAINTEXT://127.0.0.1:" + p + ",CONTROLLER://127.0.0.1:" + c
+	protocols := "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+	sasl := ""
+	if saslPort > 0 {
+		listeners += ",SASL_PLAINTEXT://127.0.0.1:" + strconv.Itoa(saslPort)
+		protocols += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+		sasl = `sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_` + KafkaUser + `="` + KafkaPassword + `";
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+`
+	}
 	return `process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:` + c + `
-listeners=PLAINTEXT://127.0.0.1:` + p + `,CONTROLLER://127.0.0.1:` + c + `
-advertised.listeners=PLAINTEXT://127.0.0.1:` + p + `,CONTROLLER://127.0.0.1:` + c + `
+listeners=` + listeners + `
+advertised.listeners=` + listeners + `
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=` + protocols + `
 inter.broker.listener.name=PLAINTEXT
 log.dirs=` + dataDir + `
 num.partitions=1
@@ -360,17 +393,22 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-`
+` + sasl
 }
 
 // NewKafkaClusterID returns a random cluster id in Kafka's form: 16 bytes
-// in URL-safe base64 without padding.
+// in URL-safe base64 without padding, not starting with '-' (as Kafka's
+// own Uuid.randomUuid: the storage tool would take it for an option).
 func NewKafkaClusterID() string {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic(err)
+	for {
+		var b [16]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			panic(err)
+		}
+		if id := base64.RawURLEncoding.EncodeToString(b[:]); id[0] != '-' {
+			return id
+		}
 	}
-	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
 // command is java running a main class of the Kafka jars.

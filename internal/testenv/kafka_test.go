@@ -5,6 +5,7 @@ package testenv
 import (
 	"context"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,5 +77,14 @@ func TestKafkaOwnRestart(t *testing.T) {
 	})
 	if _, err := os.Stat(dir); dir == "" || !os.IsNotExist(err) {
 		t.Errorf("scratch dir %q not removed after the test: %v", dir, err)
+	}
+}
+
+func TestNewKafkaClusterID(t *testing.T) {
+	for range 2000 { // a '-' would come first in 1 of 64
+		id := NewKafkaClusterID()
+		if len(id) != 22 || id[0] == '-' || strings.ContainsAny(id, "+/=") {
+			t.Fatalf("cluster id %q", id)
+		}
 	}
 }
