@@ -462,7 +462,7 @@ lines_down() {
 # KRaft combined mode (broker and controller), PLAINTEXT and CONTROLLER listeners
 # on 127.0.0.1, replication factors 1, 256 MB heap, a fresh data dir at every
 # `up`. KAFKA_PORT picks the PLAINTEXT port. The same server.properties as
-# internal/testenv's KafkaServerProperties without its SASL listener.
+# internal/testenv's kafka.go, without its SASL and SSL listeners.
 
 KAFKA_PID=$STATE/kafka.pid
 KAFKA_PORTFILE=$STATE/kafka.port

@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/dimagi/ptop/component"
 	"github.com/dimagi/ptop/internal/testenv"
+	"github.com/dimagi/ptop/internal/tlsconf"
 )
 
 func write(t testing.TB, s *Sink, recs ...component.Record) {
@@ -252,5 +254,29 @@ func TestSASL(t *testing.T) {
 				t.Errorf("a wrong password: %v, want a permanent SASL_AUTHENTICATION_FAILED", err)
 			}
 		})
+	}
+}
+
+// The tls block connects to an SSL listener whose certificate chains to
+// ca_file; with the system's roots the connection is refused.
+func TestTLS(t *testing.T) {
+	k := testenv.StartKafka(t)
+	topic := topicName(t)
+	s := newSink(t, k.TLSBrokers, Config{Topic: topic, Partitions: 1, TLS: &tlsconf.Config{CAFile: k.CAFile}})
+	write(t, s, rec("a", map[string]any{"tls": true}))
+	if got := consume(t, k, topic, 1); string(got[0].Value) != `{"tls":true}` {
+		t.Errorf("got %s", got[0].Value)
+	}
+
+	cfg := Config{Brokers: k.TLSBrokers, Topic: topic, Format: FormatRecord, Partitions: 1,
+		WriteTimeout: component.Duration(5 * time.Second), TLS: &tlsconf.Config{}}
+	bad, err := New(&cfg, component.BuildContext{Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	var unknown x509.UnknownAuthorityError
+	if err := bad.Open(context.Background()); !errors.As(err, &unknown) {
+		t.Errorf("the system's roots: %v, want a certificate signed by an unknown authority", err)
 	}
 }

@@ -13,19 +13,27 @@ package testenv
 // scripts/test.sh prepare (tools/kafka/install.sh) copies the jars from
 // Maven Central (with mvn) under .cache; tests only look them up and fail
 // with that hint when they are missing. The broker runs on the machine's
-// Java 17 with a 256 MB heap, with PLAINTEXT, SASL_PLAINTEXT and
+// Java 17 with a 256 MB heap, with PLAINTEXT, SASL_PLAINTEXT, SSL and
 // CONTROLLER listeners on free loopback ports, replication factors 1, and
 // its data and log in a scratch directory under the system temp dir. The
 // SASL listener takes KafkaUser with KafkaPassword through PLAIN,
-// SCRAM-SHA-256 and SCRAM-SHA-512.
+// SCRAM-SHA-256 and SCRAM-SHA-512; the SSL listener's certificate chains
+// to the CA in Kafka.CAFile.
 
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -67,9 +75,15 @@ type Kafka struct {
 	// SASLBrokers is the address of the SASL_PLAINTEXT listener, where
 	// clients log in as KafkaUser.
 	SASLBrokers string
+	// TLSBrokers is the address of the SSL listener, whose certificate
+	// (for 127.0.0.1 and localhost) chains to the CA in CAFile.
+	TLSBrokers string
+	// CAFile is the PEM certificate of the CA of the SSL listener.
+	CAFile string
 	// Port is the PLAINTEXT listener's port, SASLPort the SASL_PLAINTEXT
-	// one's, ControllerPort the KRaft controller's, all on 127.0.0.1.
-	Port, SASLPort, ControllerPort int
+	// one's, TLSPort the SSL one's, ControllerPort the KRaft controller's,
+	// all on 127.0.0.1.
+	Port, SASLPort, TLSPort, ControllerPort int
 	// ClusterID is the id the storage was formatted with.
 	ClusterID string
 	// Dir holds server.properties, log4j2.properties, data/ and
@@ -318,11 +332,15 @@ func (k *Kafka) startFresh() error {
 		if k.SASLPort, err = FreePort(); err != nil {
 			return err
 		}
-		if k.ControllerPort == k.Port || k.SASLPort == k.Port || k.SASLPort == k.ControllerPort {
+		if k.TLSPort, err = FreePort(); err != nil {
+			return err
+		}
+		if distinct := map[int]bool{k.Port: true, k.ControllerPort: true, k.SASLPort: true, k.TLSPort: true}; len(distinct) < 4 {
 			continue
 		}
 		k.Brokers = "127.0.0.1:" + strconv.Itoa(k.Port)
 		k.SASLBrokers = "127.0.0.1:" + strconv.Itoa(k.SASLPort)
+		k.TLSBrokers = "127.0.0.1:" + strconv.Itoa(k.TLSPort)
 		if err = k.format(); err != nil {
 			return err
 		}
@@ -340,7 +358,13 @@ func (k *Kafka) format() error {
 	if err := os.RemoveAll(data); err != nil {
 		return err
 	}
-	props := KafkaServerProperties(k.Port, k.ControllerPort, k.SASLPort, data)
+	if k.CAFile == "" {
+		if err := writeTestCerts(k.Dir); err != nil {
+			return err
+		}
+		k.CAFile = filepath.Join(k.Dir, "ca.pem")
+	}
+	props := k.serverProperties(data)
 	if err := os.WriteFile(filepath.Join(k.Dir, "server.properties"), []byte(props), 0o644); err != nil {
 		return err
 	}
@@ -356,33 +380,24 @@ func (k *Kafka) format() error {
 	return nil
 }
 
-// KafkaServerProperties is the configuration of a one-node KRaft broker on
+// serverProperties is the configuration of a one-node KRaft broker on
 // 127.0.0.1 with its data in dataDir: broker and controller in one process,
-// replication factors 1, the first consumer of a group served at once.
-// With saslPort > 0 it adds a SASL_PLAINTEXT listener there for KafkaUser:
-// PLAIN from the JAAS config, SCRAM from the credentials that the storage
-// was formatted with. scripts/services.sh writes the same, without SASL.
-func KafkaServerProperties(port, controllerPort, saslPort int, dataDir string) string {
-	p, c := strconv.Itoa(port), strconv.Itoa(controllerPort)
-	listeners := "PLAINTEXT://127.0.0.1:" + p + ",CONTROLLER://127.0.0.1:" + c
-	protocols := "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
-	sasl := ""
-	if saslPort > 0 {
-		listeners += ",SASL_PLAINTEXT://127.0.0.1:" + strconv.Itoa(saslPort)
-		protocols += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
-		sasl = `sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
-listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_` + KafkaUser + `="` + KafkaPassword + `";
-listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
-listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
-`
-	}
+// replication factors 1, the first consumer of a group served at once
+// (scripts/services.sh writes the same, without SASL and SSL). The
+// SASL_PLAINTEXT listener takes KafkaUser: PLAIN from the JAAS config,
+// SCRAM from the credentials that the storage was formatted with. The SSL
+// listener's key and certificate are in server.pem (writeTestCerts).
+func (k *Kafka) serverProperties(dataDir string) string {
+	p, c := strconv.Itoa(k.Port), strconv.Itoa(k.ControllerPort)
+	listeners := "PLAINTEXT://127.0.0.1:" + p + ",CONTROLLER://127.0.0.1:" + c +
+		",SASL_PLAINTEXT://127.0.0.1:" + strconv.Itoa(k.SASLPort) + ",SSL://127.0.0.1:" + strconv.Itoa(k.TLSPort)
 	return `process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:` + c + `
 listeners=` + listeners + `
 advertised.listeners=` + listeners + `
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=` + protocols + `
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL
 inter.broker.listener.name=PLAINTEXT
 log.dirs=` + dataDir + `
 num.partitions=1
@@ -393,7 +408,65 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-` + sasl
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_` + KafkaUser + `="` + KafkaPassword + `";
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.ssl.ssl.keystore.type=PEM
+listener.name.ssl.ssl.keystore.location=` + filepath.Join(k.Dir, "server.pem") + `
+`
+}
+
+// writeTestCerts writes into dir a CA (ca.pem) and, signed by it, a server
+// certificate for 127.0.0.1 and localhost with its PKCS#8 key
+// (server.pem, key first, as Kafka's PEM keystore reads it).
+func writeTestCerts(dir string) error {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "ptop test CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caTmpl, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	server := append(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	if err := os.WriteFile(filepath.Join(dir, "server.pem"), server, 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "ca.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644)
 }
 
 // NewKafkaClusterID returns a random cluster id in Kafka's form: 16 bytes
