@@ -253,18 +253,7 @@ func (k *Kafka) Client(t testing.TB, opts ...kgo.Opt) *kgo.Client {
 // LogTail returns the last lines of the broker's output, for failure
 // messages.
 func (k *Kafka) LogTail() string {
-	b, err := os.ReadFile(k.logPath)
-	if err != nil {
-		return fmt.Sprintf("(no Kafka log: %v)", err)
-	}
-	if len(b) > 8<<10 {
-		b = b[len(b)-8<<10:]
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 40 {
-		lines = lines[len(lines)-40:]
-	}
-	return "--- Kafka log (" + k.logPath + ") ---\n" + strings.Join(lines, "\n")
+	return logTail(k.logPath, "Kafka")
 }
 
 // newKafka finds the installed jars and java and makes the scratch

@@ -331,18 +331,7 @@ func (s *OpenSearch) Count(t testing.TB, index string) int {
 // LogTail returns the last lines of the server's output, for failure
 // messages.
 func (s *OpenSearch) LogTail() string {
-	b, err := os.ReadFile(s.logPath)
-	if err != nil {
-		return fmt.Sprintf("(no server log: %v)", err)
-	}
-	if len(b) > 8<<10 {
-		b = b[len(b)-8<<10:]
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 40 {
-		lines = lines[len(lines)-40:]
-	}
-	return "--- " + s.Dist + " log (" + s.logPath + ") ---\n" + strings.Join(lines, "\n")
+	return logTail(s.logPath, s.Dist)
 }
 
 // newSearch finds the installed server and prepares a scratch

@@ -65,6 +65,23 @@ func skipShort(t testing.TB, server string) {
 	}
 }
 
+// logTail returns the last lines (up to 40, from the last 8 KB) of the log
+// of the server named name at path, for failure messages.
+func logTail(path, name string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(no server log: %v)", err)
+	}
+	if len(b) > 8<<10 {
+		b = b[len(b)-8<<10:]
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 40 {
+		lines = lines[len(lines)-40:]
+	}
+	return "--- " + name + " log (" + path + ") ---\n" + strings.Join(lines, "\n")
+}
+
 var swept sync.Map // prefix -> struct{}
 
 // sweepStaleDirs removes, once per test binary and prefix, the scratch
