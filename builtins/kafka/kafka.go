@@ -154,6 +154,9 @@ const defaultMaxBytes = 1000012
 func (s *Sink) Open(ctx context.Context) error {
 	if s.client == nil {
 		s.maxBytes.Store(defaultMaxBytes)
+		// franz-go's producer is idempotent unless told otherwise, which
+		// needs acks=all: a retried request is not written twice, and
+		// records of a partition stay in order.
 		opts := append([]kgo.Opt{
 			kgo.SeedBrokers(s.brokers...),
 			kgo.DefaultProduceTopic(s.topic),
@@ -181,8 +184,8 @@ func (s *Sink) Open(ctx context.Context) error {
 		}
 		for _, c := range rc.Configs {
 			if c.Key == "max.message.bytes" && c.Value != nil {
-				if n, perr := strconv.ParseInt(*c.Value, 10, 32); perr == nil && n >= 512 {
-					s.maxBytes.Store(int32(n))
+				if n, perr := strconv.ParseInt(*c.Value, 10, 32); perr == nil {
+					s.maxBytes.Store(int32(min(max(n, 512), 1<<30))) // what franz-go takes
 				}
 			}
 		}
