@@ -6,10 +6,15 @@
 #   2. curl alone reading pouchdb-server's feed (normal and continuous)
 #   3. ptop reading the same continuous feed into the file sink
 #      (as is, and through filter + transform)
+#   4. the feeder: ptop reading the same feed into the kafka sink (change
+#      envelopes, no filter or transform) against the same pillow into the
+#      file sink, alternately in the same run, on a broker of
+#      `scripts/services.sh up kafka`
 #
 #   scripts/bench.sh                 # 100k documents
 #   BENCH_DOCS=20000 scripts/bench.sh
 #   BENCH_ONLY=engine scripts/bench.sh   # step 1 only: ptop against Benthos
+#   BENCH_ONLY=feeder scripts/bench.sh   # step 4 only: the feeder
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -18,9 +23,12 @@ cd "$PTOP_ROOT"
 N=${BENCH_DOCS:-100000}
 RUNS=${BENCH_RUNS:-3}
 work=$(mktemp -d)
+ONLY=${BENCH_ONLY:-}
 started_services=
+started_kafka=
 cleanup() {
 	[[ -n $started_services ]] && scripts/services.sh down couch
+	[[ -n $started_kafka ]] && scripts/services.sh down kafka
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -43,8 +51,11 @@ TRANSFORM='  function transform(doc, change) {
     };
   }'
 
-# pillow DIR NAME SOURCE-YAML WITH-TRANSFORM
+# pillow DIR NAME SOURCE-YAML WITH-TRANSFORM [SINK-YAML]
+# (default sink: the file sink into DIR/out.jsonl)
 pillow() {
+	local sink=${5:-}
+	[[ -n $sink ]] || sink="file: {path: $1/out.jsonl}"
 	mkdir -p "$1"
 	{
 		echo "name: $2"
@@ -57,7 +68,7 @@ pillow() {
 		fi
 		echo "batch: {size: 1000, wait: 500ms}"
 		echo "sinks:"
-		echo "  - file: {path: $1/out.jsonl}"
+		echo "  - $sink"
 	} >"$1/$2.yaml"
 }
 
@@ -65,6 +76,7 @@ log "generating $N documents"
 bin/gendocs -n "$N" -changes "$work/changes.jsonl"
 
 # 1. file source
+if [[ $ONLY != feeder ]]; then
 pillow "$work/file" bench-file "  file: {path: $work/changes.jsonl}" yes
 rates=""
 for ((i = 0; i < RUNS; i++)); do
@@ -110,7 +122,8 @@ benthos_rate=$(best <<<"$rates")
 	die "benthos wrote $(wc -l <"$work/benthos.out") lines, ptop $(wc -l <"$work/file/out.jsonl"): not the same work"
 echo "benthos v4.60, file -> bloblang -> file: $benthos_rate docs/s (best of $RUNS:$rates); ptop is $(awk -v a="$file_rate" -v b="$benthos_rate" 'BEGIN { printf "%.1f", a / b }')x (goal >= 3.5x)"
 
-[[ ${BENCH_ONLY:-} == engine ]] && exit 0
+fi # step 1
+[[ $ONLY == engine ]] && exit 0
 
 # 2. the server and curl
 if ! scripts/services.sh env couch >/dev/null 2>&1; then
@@ -121,6 +134,7 @@ curl -fsS -X DELETE "$COUCH_URL/bench" >/dev/null 2>&1 || true
 log "loading $N documents into $COUCH_URL/bench"
 bin/gendocs -n "$N" -couch "$COUCH_URL" -db bench
 
+if [[ $ONLY != feeder ]]; then
 rates=""
 for ((i = 0; i < RUNS; i++)); do
 	s=$(now)
@@ -146,6 +160,8 @@ done
 curl_cont=$(best <<<"$rates")
 echo "curl, continuous feed: $curl_cont docs/s (best of $RUNS:$rates)"
 
+fi # step 2
+
 # 3. ptop from the server: time until the sink holds every document, as
 # ptop's /status says (cheaper to poll than counting the file's lines).
 # run_couch DIR NAME WANT: prints docs/s
@@ -169,6 +185,7 @@ run_couch() {
 	rate "$N" "$s" "$e"
 }
 
+if [[ $ONLY != feeder ]]; then
 for mode in plain transform; do
 	with=no
 	want=$N
@@ -184,4 +201,28 @@ for mode in plain transform; do
 	r=$(best <<<"$rates")
 	echo "ptop, couchdb source ($mode) -> file sink: $r docs/s (best of $RUNS:$rates); $(awk -v a="$r" -v b="$curl_cont" 'BEGIN { printf "%d%%", 100 * a / b }') of curl continuous, $(awk -v a="$r" -v b="$curl_normal" 'BEGIN { printf "%d%%", 100 * a / b }') of curl normal"
 done
+fi # step 3
+
+# 4. the feeder: the couchdb source into the kafka sink, change envelopes
+# (what a kafka source reads), against the same pillow into the file sink;
+# the two alternate, so that both see the same machine. Each kafka run
+# publishes into a new topic (12 partitions, created by the sink).
+if ! scripts/services.sh env kafka >/dev/null 2>&1; then
+	started_kafka=1
+fi
+eval "$(scripts/services.sh up kafka)"
+pillow "$work/feed-file" bench-feed-file "  couchdb: {url: \"$COUCH_URL\", db: bench}" no
+file_rates=""
+kafka_rates=""
+for ((i = 0; i < RUNS; i++)); do
+	file_rates="$file_rates $(run_couch "$work/feed-file" bench-feed-file "$N")"
+	rm -rf "$work/feed-kafka"
+	pillow "$work/feed-kafka" bench-feed-kafka "  couchdb: {url: \"$COUCH_URL\", db: bench}" no \
+		"kafka: {brokers: \"$KAFKA_BROKERS\", topic: bench-feed-$$-$i, format: change}"
+	kafka_rates="$kafka_rates $(run_couch "$work/feed-kafka" bench-feed-kafka "$N")"
+done
+fr=$(best <<<"$file_rates")
+kr=$(best <<<"$kafka_rates")
+echo "ptop, couchdb source -> file sink:  $fr docs/s (best of $RUNS:$file_rates)"
+echo "ptop, couchdb source -> kafka sink: $kr docs/s (best of $RUNS:$kafka_rates); $(awk -v a="$kr" -v b="$fr" 'BEGIN { printf "%.2f", a / b }') of the file sink (goal >= 0.9)"
 curl -fsS -X DELETE "$COUCH_URL/bench" >/dev/null 2>&1 || true

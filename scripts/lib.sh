@@ -92,6 +92,15 @@ ensure_opensearch() {
 	done
 }
 
+# ensure_kafka: fetch (mvn, from Maven Central) the pinned Apache Kafka broker of
+# tools/kafka/pom.xml if missing, under a lock shared with internal/testenv; sets
+# KAFKA_HOME to the install (its jars in KAFKA_HOME/libs). Needs java (17) and
+# mvn; see tools/kafka/install.sh.
+ensure_kafka() {
+	# shellcheck disable=SC2034 # used by the scripts that source this file
+	KAFKA_HOME=$(bash "$PTOP_ROOT/tools/kafka/install.sh") || die "could not install Kafka (tools/kafka/install.sh)"
+}
+
 # pg_bindir: print the directory holding PostgreSQL's initdb and postgres:
 # $PTOP_PG_BINDIR, else that of the initdb on PATH (symlinks resolved), else the
 # newest /usr/lib/postgresql/*/bin (Debian keeps them off PATH). internal/testenv

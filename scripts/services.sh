@@ -7,11 +7,15 @@
 #   scripts/services.sh status         # what is running (stderr)
 #   scripts/services.sh down           # stop what `up` started (by PID file only)
 #   scripts/services.sh up couch       # any command can name some services only
+#   eval "$(scripts/services.sh up kafka)"   # Kafka is started only when named
 #
 # Services: couch (pouchdb-server; `up` also creates the database the shipped
 # pillows read, $COUCH_DB or cases), opensearch, postgres, and lines (a TCP
 # line listener standing in for logstash, for pillows/cases-tcp.yaml; it
 # appends what it receives to $PTOP_OUT/cases-tcp.lines, default out/).
+# kafka (Apache Kafka 4.1.1, one KRaft node, KAFKA_BROKERS) is started only by
+# `up kafka`: no shipped pillow needs it, and it costs a JVM of ~300-400 MB;
+# `down`, `env` and `status` without names include it when it runs.
 # After `up`, `ptop run pipelines/` runs every shipped pillow; in a second
 # shell, `eval "$(scripts/services.sh env)"` sets the same variables.
 #
@@ -30,6 +34,7 @@
 #   COUCH_DB        the database `up` creates for the shipped pillows (default cases)
 #   TCP_PORT        port for the line listener (default: a free port)
 #   PTOP_OUT        where the line listener writes (default out/)
+#   KAFKA_PORT      port for Kafka's PLAINTEXT listener (default: a free port)
 #
 # Go integration tests do not use this script: they start their own servers
 # through internal/testenv.
@@ -42,7 +47,11 @@ START_TIMEOUT=30 # seconds until a server must answer
 
 # Services in start order; `down` goes in reverse. Each NAME has the functions
 # NAME_up (start if needed, then print its exports), NAME_down, NAME_running and NAME_env.
+# `up` without names starts SERVICES; the other commands without names take
+# ALL_SERVICES, which adds ON_DEMAND, the services started only when named.
 SERVICES=(couch opensearch postgres lines)
+ON_DEMAND=(kafka)
+ALL_SERVICES=("${SERVICES[@]}" "${ON_DEMAND[@]}")
 
 # ---------------------------------------------------------------------------
 # process helpers (PID files)
@@ -449,6 +458,127 @@ lines_down() {
 }
 
 # ---------------------------------------------------------------------------
+# Apache Kafka 4.1.1 (KAFKA_BROKERS), pinned in tools/kafka/pom.xml: one node in
+# KRaft combined mode (broker and controller), PLAINTEXT and CONTROLLER listeners
+# on 127.0.0.1, replication factors 1, 256 MB heap, a fresh data dir at every
+# `up`. KAFKA_PORT picks the PLAINTEXT port. The same server.properties as
+# internal/testenv's kafka.go, without its SASL and SSL listeners.
+
+KAFKA_PID=$STATE/kafka.pid
+KAFKA_PORTFILE=$STATE/kafka.port
+KAFKA_LOG=$STATE/kafka.log
+KAFKA_DIR=$STATE/kafka
+
+kafka_brokers() { printf '127.0.0.1:%s' "$(<"$KAFKA_PORTFILE")"; }
+
+# tcp_open PORT: true if something accepts connections on 127.0.0.1:PORT.
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+kafka_running() {
+	pidfile_pid "$KAFKA_PID" >/dev/null && [[ -f $KAFKA_PORTFILE ]] && tcp_open "$(<"$KAFKA_PORTFILE")"
+}
+
+kafka_env() { printf 'export KAFKA_BROKERS=%s\n' "$(kafka_brokers)"; }
+
+kafka_up() {
+	local port cport java cp i
+	if kafka_running; then
+		log "kafka already running (pid $(<"$KAFKA_PID"), $(kafka_brokers))"
+		kafka_env
+		return 0
+	fi
+	kafka_down # a stale or unhealthy leftover
+
+	ensure_kafka
+	java=java
+	if [[ -n ${JAVA_HOME:-} ]]; then java=$JAVA_HOME/bin/java; fi
+	command -v "$java" >/dev/null || die "java not found (Kafka needs Java 17)"
+	port=${KAFKA_PORT:-$(free_port)}
+	cport=$(free_port)
+	if tcp_open "$port"; then
+		die "port $port on 127.0.0.1 is already in use by another server"
+	fi
+	rm -rf "$KAFKA_DIR"
+	mkdir -p "$KAFKA_DIR/data"
+	cat >"$KAFKA_DIR/server.properties" <<-EOF
+		process.roles=broker,controller
+		node.id=1
+		controller.quorum.bootstrap.servers=127.0.0.1:$cport
+		listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+		advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+		controller.listener.names=CONTROLLER
+		listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+		inter.broker.listener.name=PLAINTEXT
+		log.dirs=$KAFKA_DIR/data
+		num.partitions=1
+		offsets.topic.replication.factor=1
+		offsets.topic.num.partitions=4
+		transaction.state.log.replication.factor=1
+		transaction.state.log.min.isr=1
+		share.coordinator.state.topic.replication.factor=1
+		share.coordinator.state.topic.min.isr=1
+		group.initial.rebalance.delay.ms=0
+	EOF
+	# Without a log4j2 config Kafka logs nothing: warnings, and its start.
+	cat >"$KAFKA_DIR/log4j2.properties" <<-'EOF'
+		status = warn
+		appender.out.type = Console
+		appender.out.name = out
+		appender.out.layout.type = PatternLayout
+		appender.out.layout.pattern = [%d] %p %m (%c)%n
+		rootLogger.level = WARN
+		rootLogger.appenderRef.out.ref = out
+		logger.server.name = kafka.server.KafkaRaftServer
+		logger.server.level = INFO
+	EOF
+	cp=(env -u JAVA_TOOL_OPTIONS -u CLASSPATH "$java" -Xms256m -Xmx256m -Djava.awt.headless=true
+		"-Dlog4j2.configurationFile=$KAFKA_DIR/log4j2.properties" -cp "$KAFKA_HOME/libs/*")
+	: >"$KAFKA_LOG"
+	"${cp[@]}" kafka.tools.StorageTool format --standalone -t "$(kafka_cluster_id)" \
+		-c "$KAFKA_DIR/server.properties" >>"$KAFKA_LOG" 2>&1 ||
+		{ cat "$KAFKA_LOG" >&2; die "formatting Kafka's storage failed"; }
+	printf '%s\n' "$port" >"$KAFKA_PORTFILE"
+	log "starting kafka on 127.0.0.1:$port (controller :$cport, data in $KAFKA_DIR), log $KAFKA_LOG"
+	spawn "$KAFKA_PID" "$KAFKA_LOG" "$KAFKA_DIR" "${cp[@]}" kafka.Kafka "$KAFKA_DIR/server.properties"
+	for ((i = 0; ; i++)); do
+		if ! pidfile_pid "$KAFKA_PID" >/dev/null; then
+			log "kafka exited during startup; its log ($KAFKA_LOG):"
+			cat "$KAFKA_LOG" >&2
+			rm -f "$KAFKA_PID"
+			die "kafka did not start"
+		fi
+		# The broker logs this line once it serves clients.
+		grep -q 'Kafka Server started' "$KAFKA_LOG" && tcp_open "$port" && break
+		if ((i >= START_TIMEOUT * 5)); then
+			log "kafka did not start within ${START_TIMEOUT} s; its log ($KAFKA_LOG):"
+			cat "$KAFKA_LOG" >&2
+			kafka_down
+			die "kafka did not start"
+		fi
+		sleep 0.2
+	done
+	log "kafka ready (pid $(<"$KAFKA_PID"))"
+	kafka_env
+}
+
+# kafka_cluster_id: a random cluster id as Kafka writes them (16 bytes, URL-safe
+# base64 without padding), not starting with '-' (the storage tool would take it
+# for an option).
+kafka_cluster_id() {
+	local id=-
+	while [[ $id == -* ]]; do
+		id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+	done
+	printf '%s\n' "$id"
+}
+
+kafka_down() {
+	stop_pidfile kafka "$KAFKA_PID" kafka.Kafka
+	rm -rf "$KAFKA_DIR"
+	rm -f "$KAFKA_PORTFILE"
+}
+
+# ---------------------------------------------------------------------------
 
 usage() {
 	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
@@ -466,14 +596,21 @@ main() {
 		up:--data-dir=*) export COUCH_DATA_DIR=${1#*=}; shift ;;
 		*:-*) usage ;;
 		*)
-			[[ " ${SERVICES[*]} " == *" $1 "* ]] || die "unknown service $1 (services: ${SERVICES[*]})"
+			[[ " ${ALL_SERVICES[*]} " == *" $1 "* ]] || die "unknown service $1 (services: ${ALL_SERVICES[*]})"
 			only+=("$1")
 			shift
 			;;
 		esac
 	done
-	# Named services only (in the order given), else all of them.
-	if ((${#only[@]} > 0)); then SERVICES=("${only[@]}"); fi
+	# Named services only (in the order given), else all of them (but `up`
+	# starts those on demand only when named).
+	local named=false
+	if ((${#only[@]} > 0)); then
+		SERVICES=("${only[@]}")
+		named=true
+	elif [[ $cmd != up ]]; then
+		SERVICES=("${ALL_SERVICES[@]}")
+	fi
 	mkdir -p "$STATE"
 	case $cmd in
 	up)
@@ -487,7 +624,7 @@ main() {
 			if "${s}_running"; then
 				"${s}_env"
 				any=true
-			else
+			elif $named || [[ " ${ON_DEMAND[*]} " != *" $s "* ]]; then
 				log "$s is not running"
 			fi
 		done

@@ -8,7 +8,8 @@
 # tier) needs none of it.
 #
 #   1. npm ci in tools/pouchdb if node_modules is missing or stale; PostgreSQL
-#      (apt-get install postgresql-15) if initdb is missing; chromium (apt-get
+#      (apt-get install postgresql-15) if initdb is missing; the search servers
+#      and Apache Kafka from Maven Central (mvn) if missing; chromium (apt-get
 #      install chromium, for the status page's browser test) if missing
 #   2. go vet ./...
 #   3. go test -count=1 ./...   (integration tests start their own servers
@@ -52,6 +53,7 @@ ensure_postgres # PostgreSQL from Debian's packages if initdb is missing
 ensure_chromium # Debian's chromium, for the status page's test, if missing
 # shellcheck disable=SC2119 # no names: every pinned server
 ensure_opensearch # OpenSearch and Elasticsearch integ-test-zips from Maven Central
+ensure_kafka      # Apache Kafka's jars from Maven Central
 log "postgres: $("$PG_BINDIR/postgres" --version)"
 if [[ ${1:-} == prepare ]]; then
 	step="done"

@@ -455,18 +455,7 @@ func (c *Couch) logContains(s string) bool {
 
 // logTail returns the last 40 lines (at most 8 KiB) of the server log.
 func (c *Couch) logTail() string {
-	b, err := os.ReadFile(c.logPath)
-	if err != nil {
-		return fmt.Sprintf("(no server log: %v)", err)
-	}
-	if len(b) > 8<<10 {
-		b = b[len(b)-8<<10:]
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 40 {
-		lines = lines[len(lines)-40:]
-	}
-	return "--- pouchdb-server log (" + c.logPath + ") ---\n" + strings.Join(lines, "\n")
+	return logTail(c.logPath, "pouchdb-server")
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.

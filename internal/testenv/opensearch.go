@@ -331,18 +331,7 @@ func (s *OpenSearch) Count(t testing.TB, index string) int {
 // LogTail returns the last lines of the server's output, for failure
 // messages.
 func (s *OpenSearch) LogTail() string {
-	b, err := os.ReadFile(s.logPath)
-	if err != nil {
-		return fmt.Sprintf("(no server log: %v)", err)
-	}
-	if len(b) > 8<<10 {
-		b = b[len(b)-8<<10:]
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 40 {
-		lines = lines[len(lines)-40:]
-	}
-	return "--- " + s.Dist + " log (" + s.logPath + ") ---\n" + strings.Join(lines, "\n")
+	return logTail(s.logPath, s.Dist)
 }
 
 // newSearch finds the installed server and prepares a scratch
@@ -360,7 +349,7 @@ func newSearch(dist string) (*OpenSearch, error) {
 	if err != nil {
 		return nil, err
 	}
-	sweepStaleSearchDirs()
+	sweepStaleDirs("ptop-search-")
 	dir, err := os.MkdirTemp("", fmt.Sprintf("ptop-search-%d-", os.Getpid()))
 	if err != nil {
 		return nil, err
@@ -440,26 +429,6 @@ func (s *OpenSearch) prepareDir() error {
 			return err
 		}
 		return os.Lchown(path, int(s.cred.Uid), int(s.cred.Gid))
-	})
-}
-
-// sweepStaleSearchDirs removes the scratch directories of test binaries
-// that have exited (a shared server's directory outlives its test).
-var sweepOnce sync.Once
-
-func sweepStaleSearchDirs() {
-	sweepOnce.Do(func() {
-		dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "ptop-search-*-*"))
-		for _, d := range dirs {
-			pidStr, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(d), "ptop-search-"), "-")
-			pid, err := strconv.Atoi(pidStr)
-			if err != nil || pid == os.Getpid() {
-				continue
-			}
-			if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-				os.RemoveAll(d)
-			}
-		}
 	})
 }
 

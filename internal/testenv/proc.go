@@ -3,8 +3,14 @@
 package testenv
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -56,5 +62,44 @@ func skipShort(t testing.TB, server string) {
 	t.Helper()
 	if testing.Short() {
 		t.Skipf("integration test: starts %s; runs without -short", server)
+	}
+}
+
+// logTail returns the last lines (up to 40, from the last 8 KB) of the log
+// of the server named name at path, for failure messages.
+func logTail(path, name string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(no server log: %v)", err)
+	}
+	if len(b) > 8<<10 {
+		b = b[len(b)-8<<10:]
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 40 {
+		lines = lines[len(lines)-40:]
+	}
+	return "--- " + name + " log (" + path + ") ---\n" + strings.Join(lines, "\n")
+}
+
+var swept sync.Map // prefix -> struct{}
+
+// sweepStaleDirs removes, once per test binary and prefix, the scratch
+// directories PREFIX<pid>-* under the system temp dir of test binaries that
+// have exited (a shared server's directory outlives its test).
+func sweepStaleDirs(prefix string) {
+	if _, done := swept.LoadOrStore(prefix, struct{}{}); done {
+		return
+	}
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), prefix+"*-*"))
+	for _, d := range dirs {
+		pidStr, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(d), prefix), "-")
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			os.RemoveAll(d)
+		}
 	}
 }
