@@ -7,6 +7,7 @@ import (
 
 	"github.com/dimagi/ptop/engine"
 	"github.com/dimagi/ptop/internal/safeurl"
+	"github.com/dimagi/ptop/internal/tlsconf"
 )
 
 // Config is the YAML under `source: {couchdb: …}`.
@@ -37,6 +38,8 @@ type Config struct {
 	// the pillows reading from this source (see ErrorStore). It is created
 	// on the first failure. Default "ptop_errors".
 	ErrorsDB string `yaml:"errors_db" doc:"The database, on the same server, of the error store of pillows reading this source; created on the first failure (default ptop_errors)."`
+	// TLS configures https connections, as every network sink's tls block.
+	TLS *tlsconf.Config `yaml:"tls" doc:"https settings: the same tls block as every network sink (ca_file, cert_file, key_file, server_name, insecure_skip_verify)."`
 }
 
 // DefaultHeartbeat is the heartbeat when none is configured.

@@ -135,6 +135,11 @@ func New(cfg *Config, bc engine.BuildContext) (engine.Source, error) {
 	// gzip, pouchdb-server holds continuous-feed rows in its compressor.
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DisableCompression = true
+	if cfg.TLS != nil {
+		if tr.TLSClientConfig, err = cfg.TLS.Build(bc.Dir, u.Hostname()); err != nil {
+			return nil, s.errorf("tls: %w", err)
+		}
+	}
 	opts := clientOptions{chttp.OptionNoRequestCompression()}
 	if user != "" || pass != "" {
 		opts = append(opts, chttp.BasicAuth(user, pass))
