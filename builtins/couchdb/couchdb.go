@@ -58,6 +58,7 @@ import (
 	"github.com/go-kivik/kivik/v4/driver"
 
 	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/internal/couchrow"
 )
 
 func init() {
@@ -339,26 +340,9 @@ func (s *Source) SaveCheckpoint(ctx context.Context, pillow, seq string) error {
 	}
 }
 
-// seqString returns a sequence id as the text it is kept as: the digits of
-// a JSON number, the content of a JSON string.
-func seqString(raw json.RawMessage) (string, error) {
-	if len(raw) == 0 || string(raw) == "null" {
-		return "", nil
-	}
-	if raw[0] == '"' {
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return "", fmt.Errorf("invalid sequence id %s: %v", raw, err)
-		}
-		return s, nil
-	}
-	for _, b := range raw {
-		if (b < '0' || b > '9') && b != '-' && b != '.' && b != 'e' && b != 'E' && b != '+' {
-			return "", fmt.Errorf("invalid sequence id %.40s", raw)
-		}
-	}
-	return string(raw), nil
-}
+// seqString returns a sequence id as the text it is kept as (see
+// couchrow.SeqString).
+func seqString(raw json.RawMessage) (string, error) { return couchrow.SeqString(raw) }
 
 // errorf makes an error that names the database (with the password
 // redacted) and scrubs the password from the rest.

@@ -21,6 +21,7 @@ import (
 	"github.com/go-kivik/kivik/v4/couchdb/chttp"
 
 	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/internal/couchrow"
 )
 
 // Reconnection backoff: from minBackoff, doubling up to maxBackoff, with
@@ -312,52 +313,30 @@ func (s *Source) changesOptions(since string) *chttp.Options {
 	}
 }
 
-// row is one line of a continuous feed.
-type row struct {
-	Seq     json.RawMessage `json:"seq"`
-	ID      string          `json:"id"`
-	Changes []struct {
-		Rev string `json:"rev"`
-	} `json:"changes"`
-	Deleted bool            `json:"deleted"`
-	Doc     json.RawMessage `json:"doc"`
-	LastSeq json.RawMessage `json:"last_seq"`
-	Error   json.RawMessage `json:"error"`
-	Reason  json.RawMessage `json:"reason"`
-}
-
 // parseLine reads one non-blank line. It returns the change, or the
 // last_seq of a feed's end, or an error for an {"error": …} line. A line
 // that is not JSON is a change with Err set.
 func parseLine(line []byte) (c engine.Change, lastSeq string, err error) {
-	var r row
-	if jerr := json.Unmarshal(line, &r); jerr != nil {
+	r, jerr := couchrow.Parse(line)
+	if jerr != nil {
 		return engine.Change{Err: fmt.Errorf("unreadable changes feed row %s: %v", clip(line), jerr)}, "", nil
 	}
 	if r.Error != nil {
 		return c, "", fmt.Errorf("server error %s: %s", r.Error, r.Reason)
 	}
-	if r.LastSeq != nil && r.Seq == nil {
+	if r.IsEnd() {
 		seq, serr := seqString(r.LastSeq)
 		if serr != nil || seq == "" {
 			return c, "", fmt.Errorf("feed ended with an invalid last_seq %s", clip(r.LastSeq))
 		}
 		return c, seq, nil
 	}
-	seq, serr := seqString(r.Seq)
-	if serr != nil || seq == "" || r.ID == "" {
-		msg := "no seq or id"
-		if serr != nil {
-			msg = serr.Error()
-		}
-		return engine.Change{ID: r.ID, Err: fmt.Errorf("unreadable changes feed row %s: %s", clip(line), msg)}, "", nil
+	c, cerr := r.Change()
+	if cerr == nil && c.Seq == "" {
+		cerr = errors.New("no seq or id")
 	}
-	c = engine.Change{Seq: seq, ID: r.ID, Deleted: r.Deleted}
-	if len(r.Changes) > 0 {
-		c.Rev = r.Changes[0].Rev
-	}
-	if len(r.Doc) > 0 && string(r.Doc) != "null" {
-		c.RawDoc = r.Doc // json.RawMessage copies: it does not alias line
+	if cerr != nil {
+		return engine.Change{ID: r.ID, Err: fmt.Errorf("unreadable changes feed row %s: %s", clip(line), cerr)}, "", nil
 	}
 	return c, "", nil
 }

@@ -29,12 +29,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 
 	json "github.com/goccy/go-json"
 
 	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/internal/couchrow"
 )
 
 func init() {
@@ -62,18 +62,6 @@ type Source struct {
 // NewSource makes a file source; the file is opened when it runs.
 func NewSource(cfg *SourceConfig, _ engine.BuildContext) (engine.Source, error) {
 	return &Source{path: cfg.Path}, nil
-}
-
-// row is a change row as the continuous feed writes it.
-type row struct {
-	Seq     json.RawMessage `json:"seq"`
-	ID      string          `json:"id"`
-	Changes []struct {
-		Rev string `json:"rev"`
-	} `json:"changes"`
-	Deleted bool            `json:"deleted"`
-	Doc     json.RawMessage `json:"doc"`
-	LastSeq json.RawMessage `json:"last_seq"`
 }
 
 // Run implements engine.Source. With since empty the file is read from its
@@ -133,35 +121,18 @@ func (s *Source) Run(ctx context.Context, since string, out chan<- engine.Change
 // parseRow turns a line into a change, or nil for lines that carry none
 // (the feed's closing {"last_seq":…}).
 func parseRow(line []byte, lineNo int) *engine.Change {
-	var r row
-	if err := json.Unmarshal(line, &r); err != nil {
+	r, err := couchrow.Parse(line)
+	if err != nil {
 		return &engine.Change{Err: fmt.Errorf("line %d: %w", lineNo, err)}
 	}
-	if r.ID == "" {
-		if r.LastSeq != nil {
-			return nil
-		}
-		return &engine.Change{Err: fmt.Errorf("line %d: a change row needs an id", lineNo)}
+	if r.ID == "" && r.LastSeq != nil {
+		return nil // the dump's end
 	}
-	c := &engine.Change{ID: r.ID, Seq: seqString(r.Seq), Deleted: r.Deleted}
-	if len(r.Changes) > 0 {
-		c.Rev = r.Changes[0].Rev
+	c, err := r.Change()
+	if err != nil {
+		c.Err = fmt.Errorf("line %d: %w", lineNo, err)
 	}
-	if len(r.Doc) > 0 && string(r.Doc) != "null" {
-		c.RawDoc = r.Doc
-	}
-	return c
-}
-
-// seqString keeps a sequence id verbatim: an integer's digits, or a
-// string's content.
-func seqString(raw json.RawMessage) string {
-	if len(raw) > 0 && raw[0] == '"' {
-		if s, err := strconv.Unquote(string(raw)); err == nil {
-			return s
-		}
-	}
-	return string(raw)
+	return &c
 }
 
 // SinkConfig is `- file: …` in sinks.
