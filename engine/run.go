@@ -196,6 +196,12 @@ type batch struct {
 // cancelled it stops reading, flushes what it has read, checkpoints and
 // returns nil. A batch is checkpointed only once every sink has
 // acknowledged it and its failures are recorded.
+//
+// The stages, each a goroutine: the source reads changes; the batcher
+// (with the retrier's due retries) cuts them into batches; the processor
+// runs filter and transform on the workers; the writer (Run itself)
+// writes each batch to the sinks in order; the checkpoint saver saves the
+// latest position in the background.
 func (p *Pillow) Run(ctx context.Context) error {
 	s := p.Spec
 	// work outlives ctx by the drain timeout, so that a stop can flush.
@@ -213,6 +219,69 @@ func (p *Pillow) Run(ctx context.Context) error {
 	p.startTime.Store(time.Now().UnixNano())
 	p.checkpointTime.Store(0)
 	p.down.Clear()
+	since, err := p.startPosition(ctx)
+	if err != nil {
+		return err
+	}
+	if err := p.openSinks(ctx); err != nil {
+		return err
+	}
+	defer p.closeSinks()
+	// A checkpoint store of its own (not the source) holds connections.
+	if c, ok := p.cps.(io.Closer); ok && any(p.cps) != any(s.source) {
+		defer c.Close()
+	}
+	p.log.Info("pillow started", "since", since, "sinks", len(s.outputs))
+
+	workers, err := p.newWorkers()
+	if err != nil {
+		return err
+	}
+	if err := p.loadFailed(ctx); err != nil {
+		return startErr(s.Name, "reading the error store", err)
+	}
+	// read stops the source and the retrier: when ctx is done, or when a
+	// sink fails for good.
+	read, stopReading := context.WithCancel(ctx)
+	defer stopReading()
+	processed, sourceErr := p.startReading(read, since, workers)
+	saves, saved := p.startCheckpointSaver(work)
+	writeErr, rewound := p.writeAll(work, processed, saves, stopReading)
+	close(saves)
+	<-saved
+	if rewound && p.cps != nil {
+		// Saved again, into the recreated database when it holds the
+		// checkpoints: the next start goes back again and stops again,
+		// until a reindex moves the checkpoint to the new feed.
+		if cp, _ := p.Stats.Checkpoint.Load().(string); cp != "" {
+			if err := p.cps.SaveCheckpoint(work, p.opts.CheckpointName, cp); err != nil {
+				p.log.Warn("checkpoint not saved again after the feed went back", "seq", cp, "error", err)
+			}
+		}
+	}
+	if writeErr != nil {
+		if errors.Is(writeErr, ErrLeaseLost) {
+			p.log.Warn("stopped writing: the lease is lost; what was read is read again by the new holder", "error", writeErr)
+			return writeErr
+		}
+		if IsPermanent(writeErr) {
+			return fmt.Errorf("pillow %s: %w", s.Name, writeErr)
+		}
+		p.log.Warn("stopped before everything read was written; it is read again on the next start", "error", writeErr)
+		return nil
+	}
+	if err := sourceErr(); err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("pillow %s: source: %w", s.Name, err)
+	}
+	p.log.Info("pillow stopped", "checkpoint", p.Stats.Checkpoint.Load())
+	return nil
+}
+
+// startPosition loads the checkpoint and returns where the feed is read
+// from: after the checkpoint, else the start resolved and saved now (a
+// "now" is fixed before anything is read), else the configured start.
+func (p *Pillow) startPosition(ctx context.Context) (string, error) {
+	s := p.Spec
 	p.lastSeqNum = -1
 	since := ""
 	if p.cps != nil {
@@ -222,7 +291,7 @@ func (p *Pillow) Run(ctx context.Context) error {
 			return err
 		})
 		if err != nil {
-			return startErr(s.Name, "loading the checkpoint", err)
+			return "", startErr(s.Name, "loading the checkpoint", err)
 		}
 		p.Stats.Checkpoint.Store(since)
 	}
@@ -241,7 +310,7 @@ func (p *Pillow) Run(ctx context.Context) error {
 				return p.cps.SaveCheckpoint(ctx, p.opts.CheckpointName, at)
 			})
 			if err != nil {
-				return startErr(s.Name, "resolving the start position", err)
+				return "", startErr(s.Name, "resolving the start position", err)
 			}
 			if at != "" {
 				p.log.Info("start position resolved and saved", "since", at)
@@ -253,7 +322,13 @@ func (p *Pillow) Run(ctx context.Context) error {
 	if since == "" {
 		since = p.opts.Since
 	}
-	for _, o := range s.outputs {
+	return since, nil
+}
+
+// openSinks opens every sink, retrying each until it opens; the pillow is
+// unhealthy meanwhile. On failure the sinks already open are closed.
+func (p *Pillow) openSinks(ctx context.Context) error {
+	for _, o := range p.Spec.outputs {
 		// An Open that neither succeeds nor fails (a peer that never
 		// answers) makes the pillow unhealthy too.
 		var mu sync.Mutex
@@ -279,33 +354,25 @@ func (p *Pillow) Run(ctx context.Context) error {
 		mu.Unlock()
 		if err != nil {
 			p.closeSinks()
-			return startErr(s.Name, "opening sink "+o.Name, err)
+			return startErr(p.Spec.Name, "opening sink "+o.Name, err)
 		}
 	}
-	defer p.closeSinks()
-	// A checkpoint store of its own (not the source) holds connections.
-	if c, ok := p.cps.(io.Closer); ok && any(p.cps) != any(s.source) {
-		defer c.Close()
-	}
-	p.log.Info("pillow started", "since", since, "sinks", len(s.outputs))
+	return nil
+}
 
-	workers, err := p.newWorkers()
-	if err != nil {
-		return err
-	}
-	if err := p.loadFailed(ctx); err != nil {
-		return startErr(s.Name, "reading the error store", err)
-	}
-	// read stops the source and the retrier: when ctx is done, or when a
-	// sink fails for good.
-	read, stopReading := context.WithCancel(ctx)
-	defer stopReading()
+// startReading starts the source, the retrier, the batcher and the
+// processor, and returns the processed batches in feed order; the channel
+// closes once the source has stopped (read done, or the feed ended) and
+// everything read is processed. sourceErr then tells why the source
+// stopped.
+func (p *Pillow) startReading(read context.Context, since string, workers []*worker) (processed <-chan *batch, sourceErr func() error) {
+	s := p.Spec
 	changes := make(chan Change, s.Batch.Size)
 	var srcErr error
 	p.readTime.Store(time.Now().UnixNano())
-	defer p.readTime.Store(0)
 	go func() {
 		defer close(changes)
+		defer p.readTime.Store(0)
 		srcErr = s.source.Run(read, since, changes)
 	}()
 	retries := make(chan []Change)
@@ -314,22 +381,29 @@ func (p *Pillow) Run(ctx context.Context) error {
 	}
 	batches := make(chan *batch, 1)
 	go p.batcher(changes, retries, batches)
-	processed := make(chan *batch, 1)
+	out := make(chan *batch, 1)
 	go func() {
-		defer close(processed)
+		defer close(out)
 		for b := range batches {
 			p.process(workers, b)
-			processed <- b
+			out <- b
 		}
 	}()
-	// Checkpoints are saved in the background, the latest one replacing
-	// any not yet saved: a save (a round trip to the source's server) does
-	// not hold up the next batch's write.
-	cpCh := make(chan string, 1)
-	cpDone := make(chan struct{})
+	// srcErr is written before changes is closed, which closes batches
+	// and then out: reading it once out is drained is ordered after.
+	return out, func() error { return srcErr }
+}
+
+// startCheckpointSaver saves checkpoints in the background, the latest one
+// replacing any not yet saved: a save (a round trip to the source's
+// server) does not hold up the next batch's write. Close saves and wait
+// for saved to stop it.
+func (p *Pillow) startCheckpointSaver(work context.Context) (saves chan string, saved <-chan struct{}) {
+	saves = make(chan string, 1)
+	done := make(chan struct{})
 	go func() {
-		defer close(cpDone)
-		for seq := range cpCh {
+		defer close(done)
+		for seq := range saves {
 			if err := p.lease.check(); err != nil {
 				continue
 			}
@@ -341,8 +415,15 @@ func (p *Pillow) Run(ctx context.Context) error {
 			p.checkpointTime.Store(time.Now().UnixNano())
 		}
 	}()
-	var writeErr error
-	rewound := false
+	return saves, done
+}
+
+// writeAll writes the processed batches in order and hands each written
+// batch's position to the checkpoint saver. After a write fails (for good,
+// or because work ended) it stops reading and drains the pipeline without
+// writing or checkpointing anything more. rewound says the feed went back
+// under a position-guarded sink.
+func (p *Pillow) writeAll(work context.Context, processed <-chan *batch, saves chan string, stopReading func()) (writeErr error, rewound bool) {
 	for b := range processed {
 		if writeErr != nil {
 			continue // drain the pipeline; nothing more is checkpointed
@@ -375,43 +456,16 @@ func (p *Pillow) Run(ctx context.Context) error {
 			continue
 		}
 		select {
-		case cpCh <- b.lastSeq:
+		case saves <- b.lastSeq:
 		default:
 			select {
-			case <-cpCh: // a newer position replaces one not saved yet
+			case <-saves: // a newer position replaces one not saved yet
 			default:
 			}
-			cpCh <- b.lastSeq
+			saves <- b.lastSeq
 		}
 	}
-	close(cpCh)
-	<-cpDone
-	if rewound && p.cps != nil {
-		// Saved again, into the recreated database when it holds the
-		// checkpoints: the next start goes back again and stops again,
-		// until a reindex moves the checkpoint to the new feed.
-		if cp, _ := p.Stats.Checkpoint.Load().(string); cp != "" {
-			if err := p.cps.SaveCheckpoint(work, p.opts.CheckpointName, cp); err != nil {
-				p.log.Warn("checkpoint not saved again after the feed went back", "seq", cp, "error", err)
-			}
-		}
-	}
-	if writeErr != nil {
-		if errors.Is(writeErr, ErrLeaseLost) {
-			p.log.Warn("stopped writing: the lease is lost; what was read is read again by the new holder", "error", writeErr)
-			return writeErr
-		}
-		if IsPermanent(writeErr) {
-			return fmt.Errorf("pillow %s: %w", s.Name, writeErr)
-		}
-		p.log.Warn("stopped before everything read was written; it is read again on the next start", "error", writeErr)
-		return nil
-	}
-	if srcErr != nil && !errors.Is(srcErr, context.Canceled) {
-		return fmt.Errorf("pillow %s: source: %w", s.Name, srcErr)
-	}
-	p.log.Info("pillow stopped", "checkpoint", p.Stats.Checkpoint.Load())
-	return nil
+	return writeErr, rewound
 }
 
 // errNotOpen is a sink's health when its first Open has not returned
