@@ -228,10 +228,10 @@ type FeedStatus interface {
 // FeedErrorer is implemented by sources that follow a live feed and can
 // say why it is not connected.
 type FeedErrorer interface {
-	// FeedError returns the error of the last connection attempt and when
-	// the attempts began to fail, or nil while the feed is connected and
+	// FeedError returns when the connection attempts began to fail and
+	// the last one's error, or a nil error while the feed is connected and
 	// delivering. The error names what to fix ("cannot reach HOST: …").
-	FeedError() (err error, since time.Time)
+	FeedError() (since time.Time, err error)
 }
 
 // PendingCounter is implemented by sources that can tell how far behind a

@@ -165,7 +165,7 @@ type fakeFeed struct {
 
 func (f fakeFeed) LastActivity() time.Time                          { return f.last }
 func (f fakeFeed) StallAfter() time.Duration                        { return time.Minute }
-func (f fakeFeed) FeedError() (error, time.Time)                    { return f.err, f.failingSince }
+func (f fakeFeed) FeedError() (time.Time, error)                    { return f.failingSince, f.err }
 func (f fakeFeed) Run(context.Context, string, chan<- Change) error { return nil }
 
 // TestFeedProblem: an unreachable server is named at once rather than as

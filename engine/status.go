@@ -227,7 +227,7 @@ func feedProblem(fs FeedStatus, started time.Time) string {
 	var down error
 	var since time.Time
 	if fe, ok := fs.(FeedErrorer); ok {
-		down, since = fe.FeedError()
+		since, down = fe.FeedError()
 	}
 	// A server that cannot be reached is said at once, give or take a
 	// retry: waiting for the stall limit would only hide it.

@@ -436,10 +436,10 @@ func (s *Source) feedFailed(err error) {
 }
 
 // FeedError implements engine.FeedErrorer.
-func (s *Source) FeedError() (error, time.Time) {
+func (s *Source) FeedError() (since time.Time, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.feedErr, s.failSince
+	return s.failSince, s.feedErr
 }
 
 // unreachable rewrites the error of a connection that could not be made

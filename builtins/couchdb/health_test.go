@@ -23,7 +23,7 @@ func waitFeedError(t *testing.T, src *Source, want string) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		err, since := src.FeedError()
+		since, err := src.FeedError()
 		if err != nil && strings.Contains(err.Error(), want) {
 			if since.IsZero() {
 				t.Fatalf("FeedError %v without the time it began", err)
@@ -55,7 +55,7 @@ func TestFeedUnreachable(t *testing.T) {
 	if c := r.next(t); c.ID != "a" {
 		t.Fatalf("got %+v, want a", c)
 	}
-	if err, _ := src.FeedError(); err != nil {
+	if _, err := src.FeedError(); err != nil {
 		t.Fatalf("FeedError is %v once the feed delivers", err)
 	}
 }

@@ -57,11 +57,11 @@ func TestFeedOverTLS(t *testing.T) {
 	r2.none(t, 500*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if err, _ := plain.FeedError(); err != nil && strings.Contains(err.Error(), "certificate") {
+		if _, err := plain.FeedError(); err != nil && strings.Contains(err.Error(), "certificate") {
 			break
 		}
 		if time.Now().After(deadline) {
-			err, _ := plain.FeedError()
+			_, err := plain.FeedError()
 			t.Fatalf("feed error without the CA: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
