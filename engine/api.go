@@ -11,28 +11,50 @@ import (
 )
 
 type (
-	Change             = component.Change
-	Record             = component.Record
-	Source             = component.Source
-	CheckpointStore    = component.CheckpointStore
-	Sink               = component.Sink
-	TransactionalSink  = component.TransactionalSink
-	Rebuildable        = component.Rebuildable
-	RecordError        = component.RecordError
-	RecordErrors       = component.RecordErrors
-	Failure            = component.Failure
-	ErrorEntry         = component.ErrorEntry
-	ErrorStore         = component.ErrorStore
+	// Change is component.Change.
+	Change = component.Change
+	// Record is component.Record.
+	Record = component.Record
+	// Source is component.Source.
+	Source = component.Source
+	// CheckpointStore is component.CheckpointStore.
+	CheckpointStore = component.CheckpointStore
+	// Sink is component.Sink.
+	Sink = component.Sink
+	// TransactionalSink is component.TransactionalSink.
+	TransactionalSink = component.TransactionalSink
+	// Rebuildable is component.Rebuildable.
+	Rebuildable = component.Rebuildable
+	// RecordError is component.RecordError.
+	RecordError = component.RecordError
+	// RecordErrors is component.RecordErrors.
+	RecordErrors = component.RecordErrors
+	// Failure is component.Failure.
+	Failure = component.Failure
+	// ErrorEntry is component.ErrorEntry.
+	ErrorEntry = component.ErrorEntry
+	// ErrorStore is component.ErrorStore.
+	ErrorStore = component.ErrorStore
+	// ErrorStoreProvider is component.ErrorStoreProvider.
 	ErrorStoreProvider = component.ErrorStoreProvider
-	DocReader          = component.DocReader
-	FeedStatus         = component.FeedStatus
-	FeedErrorer        = component.FeedErrorer
-	PendingCounter     = component.PendingCounter
-	CheckpointTimer    = component.CheckpointTimer
-	StartResolver      = component.StartResolver
-	PositionGuard      = component.PositionGuard
-	LogErrorStore      = component.LogErrorStore
-	BuildContext       = component.BuildContext
+	// DocReader is component.DocReader.
+	DocReader = component.DocReader
+	// FeedStatus is component.FeedStatus.
+	FeedStatus = component.FeedStatus
+	// FeedErrorer is component.FeedErrorer.
+	FeedErrorer = component.FeedErrorer
+	// PendingCounter is component.PendingCounter.
+	PendingCounter = component.PendingCounter
+	// CheckpointTimer is component.CheckpointTimer.
+	CheckpointTimer = component.CheckpointTimer
+	// StartResolver is component.StartResolver.
+	StartResolver = component.StartResolver
+	// PositionGuard is component.PositionGuard.
+	PositionGuard = component.PositionGuard
+	// LogErrorStore is component.LogErrorStore.
+	LogErrorStore = component.LogErrorStore
+	// BuildContext is component.BuildContext.
+	BuildContext = component.BuildContext
 )
 
 type plugin = component.Factory

@@ -15,10 +15,12 @@ import (
 	"github.com/dimagi/ptop/component"
 )
 
-// Duration and Defaulter are component's: config structs of components
-// and of the engine use them alike.
+// Config structs of components and of the engine use component's
+// Duration and Defaulter alike.
 type (
-	Duration  = component.Duration
+	// Duration is component.Duration.
+	Duration = component.Duration
+	// Defaulter is component.Defaulter.
 	Defaulter = component.Defaulter
 )
 
