@@ -25,7 +25,7 @@ type Config struct {
 	// Transform is JavaScript defining function transform(doc, change).
 	Transform        string      `yaml:"transform" ptop:"raw" doc:"JavaScript defining function transform(doc, change), returning a record, an array of records or null. Set this or transform_file, not both."`
 	TransformFile    string      `yaml:"transform_file" doc:"A JavaScript file defining transform(doc, change), relative to the pillow file. Set this or transform, not both."`
-	TransformTimeout Duration    `yaml:"transform_timeout" doc:"Time limit of one transform call (default 1s); a call that runs longer fails its change."`
+	TransformTimeout Duration    `yaml:"transform_timeout" doc:"CPU time limit of one transform call (default 1s); a call that uses more fails its change. Time the process was stopped or waiting for a CPU does not count."`
 	Batch            Batch       `yaml:"batch" doc:"When a batch is written: at size changes, or wait after its first change, whichever comes first."`
 	Sinks            []SinkBlock `yaml:"sinks" ptop:"required" doc:"Where records go: a list of one-key objects, each a sink type with its settings. At least one."`
 	// Errors says how failed changes are retried.

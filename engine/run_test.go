@@ -358,7 +358,7 @@ func TestTransformTimeoutAndErrors(t *testing.T) {
 		t.Fatalf("failures: %v", errs.fs)
 	}
 	for i, want := range []string{
-		"transform: timed out after 200ms",
+		"transform: timed out after 200ms of CPU time",
 		"transform: Error: bad doc throw (at test.js:4:25)",
 		"transform: returned a number; return an object, an array of objects, or null",
 	} {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/dop251/goja"
@@ -90,17 +91,85 @@ func compileTransform(file string, loc scriptLoc, src string, timeout time.Durat
 
 // jsRunner calls the transform in a runtime of its own; one per worker.
 type jsRunner struct {
-	t  *Transform
-	vm *goja.Runtime
-	fn goja.Callable
+	t     *Transform
+	vm    *goja.Runtime
+	fn    goja.Callable
+	guard *callGuard
+}
+
+// interrupt is why a guard stopped a call (the value of goja's
+// InterruptedError).
+type interrupt int
+
+const (
+	stopTimeout interrupt = iota + 1
+)
+
+// callGuard enforces the limits of one runtime's calls from outside it: a
+// timer fires at the call's time limit, measures the CPU time the call's
+// thread has used and interrupts the runtime only if the call it was armed
+// for is still running and has used its limit; otherwise it re-arms for
+// the time left. A late interrupt can never reach the next call: a call
+// clears the runtime's interrupt flag when it starts, and the guard
+// interrupts only under the lock that ends a call.
+type callGuard struct {
+	vm    *goja.Runtime
+	limit time.Duration
+	timer *time.Timer
+
+	mu      sync.Mutex
+	running bool
+	clock   threadClock
+	start   time.Duration
+}
+
+func newCallGuard(vm *goja.Runtime, limit time.Duration) *callGuard {
+	g := &callGuard{vm: vm, limit: limit}
+	g.timer = time.AfterFunc(time.Hour, g.check)
+	g.timer.Stop()
+	return g
+}
+
+// begin is called on the goroutine that makes the call, right before it.
+func (g *callGuard) begin() {
+	g.vm.ClearInterrupt()
+	clk := lockThreadClock()
+	g.mu.Lock()
+	g.running, g.clock, g.start = true, clk, clk.now()
+	g.timer.Reset(g.limit)
+	g.mu.Unlock()
+}
+
+// end is called on the same goroutine, right after the call returned.
+func (g *callGuard) end() {
+	g.mu.Lock()
+	g.running = false
+	g.timer.Stop()
+	g.mu.Unlock()
+	unlockThreadClock()
+}
+
+func (g *callGuard) check() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.running {
+		return
+	}
+	used := g.clock.now() - g.start
+	if used >= g.limit {
+		g.vm.Interrupt(stopTimeout)
+		return
+	}
+	g.timer.Reset(g.limit - used)
 }
 
 func (t *Transform) newRunner() (*jsRunner, error) {
 	vm := goja.New()
 	vm.SetFieldNameMapper(goja.TagFieldNameMapper("json", true))
-	timer := time.AfterFunc(t.timeout, func() { vm.Interrupt("timeout") })
+	guard := newCallGuard(vm, t.timeout)
+	guard.begin()
 	_, err := vm.RunProgram(t.prog)
-	timer.Stop()
+	guard.end()
 	if err != nil {
 		return nil, errors.New("transform: the script failed when loaded: " + t.jsError(err))
 	}
@@ -125,7 +194,7 @@ func (t *Transform) newRunner() (*jsRunner, error) {
 			return nil, fmt.Errorf("transform: sandbox: %v", err)
 		}
 	}
-	return &jsRunner{t: t, vm: vm, fn: fn}, nil
+	return &jsRunner{t: t, vm: vm, fn: fn, guard: guard}, nil
 }
 
 // jsError describes an error thrown by the script, at the position in the
@@ -133,7 +202,11 @@ func (t *Transform) newRunner() (*jsRunner, error) {
 func (t *Transform) jsError(err error) string {
 	var ie *goja.InterruptedError
 	if errors.As(err, &ie) {
-		return fmt.Sprintf("timed out after %s", t.timeout)
+		switch ie.Value() {
+		case stopTimeout:
+			return fmt.Sprintf("timed out after %s of CPU time", t.timeout)
+		}
+		return "interrupted"
 	}
 	var ex *goja.Exception
 	if !errors.As(err, &ex) {
@@ -162,11 +235,9 @@ type changeInfo struct {
 // run calls transform(doc, change) and returns the records it made: none
 // (null or undefined), one (an object) or several (an array of objects).
 func (r *jsRunner) run(c *Change, out []Record) ([]Record, error) {
-	timer := time.AfterFunc(r.t.timeout, func() { r.vm.Interrupt("timeout") })
+	r.guard.begin()
 	res, err := r.fn(goja.Undefined(), r.vm.ToValue(c.Doc), r.vm.ToValue(changeInfo{ID: c.ID, Seq: c.Seq, Rev: c.Rev, Deleted: c.Deleted}))
-	if !timer.Stop() {
-		r.vm.ClearInterrupt()
-	}
+	r.guard.end()
 	if err != nil {
 		return out, fmt.Errorf("transform: %s", r.t.jsError(err))
 	}
