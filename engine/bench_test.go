@@ -35,11 +35,11 @@ const benchTransform = `function transform(doc, change) {
 func BenchmarkProcess(b *testing.B) {
 	for _, raw := range []bool{false, true} {
 		b.Run(map[bool]string{false: "decoded", true: "raw"}[raw], func(b *testing.B) {
-			f, err := compileFilter(benchFilter)
+			f, err := compileFilter(benchFilter, 256<<20)
 			if err != nil {
 				b.Fatal(err)
 			}
-			tr, err := compileTransform("bench.js", scriptLoc{}, benchTransform, time.Second)
+			tr, err := compileTransform("bench.js", scriptLoc{}, benchTransform, jsLimits{Timeout: time.Second, Memory: 256 << 20, Stack: 1000})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -33,8 +33,11 @@ type scriptErr struct {
 
 func (e *scriptErr) Error() string { return fmt.Sprintf("%d:%d: %s", e.Line, e.Col, e.Msg) }
 
-func compileFilter(src string) (*filter, error) {
-	prog, err := expr.Compile(src, expr.Env(FilterEnv{}), expr.AsBool())
+// compileFilter compiles src; the strings it builds may be up to memory
+// bytes long.
+func compileFilter(src string, memory ByteSize) (*filter, error) {
+	opts := append([]expr.Option{expr.Env(FilterEnv{}), expr.AsBool()}, filterGuards(int64(memory))...)
+	prog, err := expr.Compile(src, opts...)
 	if err != nil {
 		var fe *file.Error
 		if errors.As(err, &fe) {

@@ -186,14 +186,14 @@ func testSpec(t *testing.T, filterSrc, transformSrc string, src Source, sinks ..
 	s.Batch = Batch{Size: 3, Wait: Duration(20 * time.Millisecond)}
 	s.TransformTimeout = Duration(200 * time.Millisecond)
 	if filterSrc != "" {
-		f, err := compileFilter(filterSrc)
+		f, err := compileFilter(filterSrc, s.TransformMemory)
 		if err != nil {
 			t.Fatal(err)
 		}
 		s.filter = f
 	}
 	if transformSrc != "" {
-		tr, err := compileTransform("test.js", scriptLoc{}, transformSrc, s.TransformTimeout.D())
+		tr, err := compileTransform("test.js", scriptLoc{}, transformSrc, s.jsLimits())
 		if err != nil {
 			t.Fatal(err)
 		}

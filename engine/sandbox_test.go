@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -10,7 +11,7 @@ import (
 // runner, as one worker would have.
 func newTestRunner(t *testing.T, src string, timeout time.Duration) *jsRunner {
 	t.Helper()
-	tr, err := compileTransform("test.js", scriptLoc{}, src, timeout)
+	tr, err := compileTransform("test.js", scriptLoc{}, src, jsLimits{Timeout: timeout, Memory: 256 << 20, Stack: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,5 +60,127 @@ func TestTransformTimeIsCPUTime(t *testing.T) {
 	r.guard.end()
 	if err != nil {
 		t.Fatalf("a call that used no CPU time was interrupted: %v", err)
+	}
+}
+
+// Each hostile transform fails its own change with a clear reason, and
+// the same runtime goes on with the next document.
+func TestTransformLimits(t *testing.T) {
+	const mem = "transform used more than 64 MiB"
+	for _, tc := range []struct{ name, body, want string }{
+		{"repeat", `"x".repeat(2 ** 33)`, mem},
+		{"repeat of a long string", `"x".repeat(1048576).repeat(1 << 10)`, mem},
+		{"padStart", `"x".padStart(2 ** 31)`, mem},
+		{"padEnd", `"x".padEnd(2 ** 31, "ab")`, mem},
+		{"concat", `const s = "x".repeat(1 << 25); s.concat(s, s)`, mem},
+		{"Array(n).fill", `new Array(2 ** 31).fill(0)`, mem},
+		{"Array(n) without new", `Array(2 ** 31)`, mem},
+		{"constructor of a literal", `new ([].constructor)(2 ** 31)`, mem},
+		{"fill after length", `const a = []; a.length = 2 ** 31; a.fill(0)`, mem},
+		{"Array.from", `Array.from({ length: 2 ** 32 - 1 })`, mem},
+		{"join", `new Array(1 << 16).fill("x".repeat(1 << 12)).join("")`, mem},
+		{"Uint8Array", `new Uint8Array(2 ** 32)`, mem},
+		{"Float64Array", `new Float64Array(2 ** 28)`, mem},
+		{"typed array from array-like", `new Int32Array({ length: 2 ** 30 })`, mem},
+		{"ArrayBuffer", `new ArrayBuffer(2 ** 32)`, mem},
+		{"string doubled in a loop", `let s = "x"; for (;;) s += s;`, mem},
+		{"array grown in a loop", `const a = [], s = "x".repeat(1048576); for (;;) a.push(s + a.length);`, mem},
+		{"recursion through a built-in callback", `function f() { return [0].map(f); } f()`, "call stack exceeded 1000 frames"},
+		{"plain recursion", `function f() { return f() + 1; } f()`, "call stack exceeded 1000 frames"},
+		{"subclass of Array", `class A extends Array { constructor() { super(2 ** 31); } } new A()`, mem},
+		{"endless loop", `for (;;) {}`, "timed out after 2s of CPU time"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr, err := compileTransform("test.js", scriptLoc{}, `function transform(doc) {
+				if (doc.hostile) { `+tc.body+` }
+				return { ok: doc._id };
+			}`, jsLimits{Timeout: 2 * time.Second, Memory: 64 << 20, Stack: 1000})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := tr.newRunner()
+			if err != nil {
+				t.Fatal(err)
+			}
+			bad := doc("bad", "hostile", true)
+			if _, err := r.run(&bad, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want %q", err, tc.want)
+			}
+			ok := doc("ok")
+			recs, err := r.run(&ok, nil)
+			if err != nil || len(recs) != 1 {
+				t.Fatalf("the next document: %v %v", recs, err)
+			}
+		})
+	}
+}
+
+// The guarded built-ins behave as the originals below the budget.
+func TestTransformGuardsKeepBuiltins(t *testing.T) {
+	r := newTestRunner(t, `function transform(doc) {
+		class L extends Array {}
+		const l = new L(); l.push(1, 2);
+		return { checks: [
+			[] instanceof Array, new Array(3).length === 3, Array(1, 2).length === 2, Array.isArray(new Array(2)),
+			Array.from("abc").join("-") === "a-b-c", Array.of(7)[0] === 7, [].constructor === Array,
+			l instanceof L && l instanceof Array && l.length === 2, Array.name === "Array", Array.length === 1,
+			new Uint8Array(4).length === 4, new Uint8Array([1, 2]) instanceof Uint8Array, new Uint8Array(new ArrayBuffer(8)).length === 8,
+			new ArrayBuffer(3).byteLength === 3, Uint8Array.BYTES_PER_ELEMENT === 1, Object.getPrototypeOf(Int8Array) === Object.getPrototypeOf(Uint8Array),
+			"ab".repeat(3) === "ababab", "1".padStart(3, "0") === "001", "1".padEnd(3) === "1  ", "a".concat("b", 1) === "ab1",
+			[1, null, "x"].join() === "1,,x", [[1, 2], 3].join(";") === "1,2;3", [0, 0].fill(5)[1] === 5, String.prototype.repeat.length === 1,
+		] };
+	}`, time.Second)
+	c := doc("x")
+	recs, err := r.run(&c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, ok := range recs[0].Doc.(map[string]any)["checks"].([]any) {
+		if ok != true {
+			t.Errorf("check %d failed", i)
+		}
+	}
+}
+
+// A filter cannot build a string larger than the budget; ordinary string
+// operations and arithmetic still work, and an unknown name is still a
+// compile error.
+func TestFilterLimits(t *testing.T) {
+	const mem = "filter: a string would be longer than 64 MiB"
+	for _, tc := range []struct {
+		src  string
+		doc  map[string]any
+		want string // error, or "true"/"false"
+	}{
+		{`len(reduce(1..34, #acc + #acc, "x")) > 0`, nil, mem},
+		{`len(repeat("x", 1099511627776)) > 0`, nil, mem},
+		{`len(join(map(1..100, repeat("x", 1048576)), "")) > 0`, nil, mem},
+		{`len(replace(repeat("x", 1048576), "x", repeat("y", 100))) > 0`, nil, mem},
+		{`doc.a + "-" + id == "x-1"`, map[string]any{"a": "x"}, "true"},
+		{`doc.n + 1 == 3.0 && doc.n * 2 == 4.0`, map[string]any{"n": 2.0}, "true"},
+		{`1 + 2 == 3 && "a" + "b" == "ab"`, nil, "true"},
+		{`repeat("ab", 2) == "abab" && join(["a", "b"], "-") == "a-b" && join(["a", "b"]) == "ab" && replace("aXa", "X", "Y") == "aYa"`, nil, "true"},
+		{`upper(doc.a + "b") == "XB" && (doc.a + "b") startsWith "x"`, map[string]any{"a": "x"}, "true"},
+		{`len(reduce(1..10, #acc + #acc, "x")) == 1024`, nil, "true"},
+	} {
+		t.Run(tc.src, func(t *testing.T) {
+			f, err := compileFilter(tc.src, 64<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := &filterRunner{f: f}
+			c := Change{ID: "1", Doc: tc.doc}
+			ok, err := r.match(&c)
+			got := fmt.Sprint(ok)
+			if err != nil {
+				got = err.Error()
+			}
+			if !strings.Contains(got, tc.want) {
+				t.Fatalf("got %s, want %s", got, tc.want)
+			}
+		})
+	}
+	if _, err := compileFilter(`doc.a + nosuch`, 64<<20); err == nil {
+		t.Error("an unknown name compiled")
 	}
 }

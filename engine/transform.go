@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
-	"time"
 
 	"github.com/dop251/goja"
 	"github.com/dop251/goja/ast"
@@ -16,11 +14,11 @@ import (
 // Transform is a compiled JavaScript transform, shared by the workers of a
 // pillow; each worker runs it in a runtime of its own.
 type Transform struct {
-	file    string
-	loc     scriptLoc // where the script stands in file
-	prog    *goja.Program
-	consts  []string // top-level const and class names, frozen after load
-	timeout time.Duration
+	file   string
+	loc    scriptLoc // where the script stands in file
+	prog   *goja.Program
+	consts []string // top-level const and class names, frozen after load
+	limits jsLimits
 }
 
 // The sandbox has only the language's built-ins: no require, no file,
@@ -45,7 +43,7 @@ const freezeJS = `(function () {
 // compileTransform parses and compiles src, written in file at loc (and
 // padded to the file's lines), runs it once in a scratch runtime and checks
 // that it defines transform().
-func compileTransform(file string, loc scriptLoc, src string, timeout time.Duration) (*Transform, error) {
+func compileTransform(file string, loc scriptLoc, src string, limits jsLimits) (*Transform, error) {
 	prg, err := parser.ParseFile(nil, file, src, 0)
 	if err != nil {
 		var el parser.ErrorList
@@ -55,7 +53,7 @@ func compileTransform(file string, loc scriptLoc, src string, timeout time.Durat
 		}
 		return nil, &scriptErr{Line: 1, Col: 1, Msg: "transform: " + err.Error()}
 	}
-	t := &Transform{file: file, loc: loc, timeout: timeout}
+	t := &Transform{file: file, loc: loc, limits: limits}
 	for _, st := range prg.Body {
 		switch st := st.(type) {
 		case *ast.LexicalDeclaration:
@@ -97,76 +95,13 @@ type jsRunner struct {
 	guard *callGuard
 }
 
-// interrupt is why a guard stopped a call (the value of goja's
-// InterruptedError).
-type interrupt int
-
-const (
-	stopTimeout interrupt = iota + 1
-)
-
-// callGuard enforces the limits of one runtime's calls from outside it: a
-// timer fires at the call's time limit, measures the CPU time the call's
-// thread has used and interrupts the runtime only if the call it was armed
-// for is still running and has used its limit; otherwise it re-arms for
-// the time left. A late interrupt can never reach the next call: a call
-// clears the runtime's interrupt flag when it starts, and the guard
-// interrupts only under the lock that ends a call.
-type callGuard struct {
-	vm    *goja.Runtime
-	limit time.Duration
-	timer *time.Timer
-
-	mu      sync.Mutex
-	running bool
-	clock   threadClock
-	start   time.Duration
-}
-
-func newCallGuard(vm *goja.Runtime, limit time.Duration) *callGuard {
-	g := &callGuard{vm: vm, limit: limit}
-	g.timer = time.AfterFunc(time.Hour, g.check)
-	g.timer.Stop()
-	return g
-}
-
-// begin is called on the goroutine that makes the call, right before it.
-func (g *callGuard) begin() {
-	g.vm.ClearInterrupt()
-	clk := lockThreadClock()
-	g.mu.Lock()
-	g.running, g.clock, g.start = true, clk, clk.now()
-	g.timer.Reset(g.limit)
-	g.mu.Unlock()
-}
-
-// end is called on the same goroutine, right after the call returned.
-func (g *callGuard) end() {
-	g.mu.Lock()
-	g.running = false
-	g.timer.Stop()
-	g.mu.Unlock()
-	unlockThreadClock()
-}
-
-func (g *callGuard) check() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if !g.running {
-		return
-	}
-	used := g.clock.now() - g.start
-	if used >= g.limit {
-		g.vm.Interrupt(stopTimeout)
-		return
-	}
-	g.timer.Reset(g.limit - used)
-}
-
 func (t *Transform) newRunner() (*jsRunner, error) {
 	vm := goja.New()
 	vm.SetFieldNameMapper(goja.TagFieldNameMapper("json", true))
-	guard := newCallGuard(vm, t.timeout)
+	if err := installGuards(vm, t.limits); err != nil {
+		return nil, fmt.Errorf("transform: sandbox: %v", err)
+	}
+	guard := newCallGuard(vm, t.limits)
 	guard.begin()
 	_, err := vm.RunProgram(t.prog)
 	guard.end()
@@ -204,9 +139,15 @@ func (t *Transform) jsError(err error) string {
 	if errors.As(err, &ie) {
 		switch ie.Value() {
 		case stopTimeout:
-			return fmt.Sprintf("timed out after %s of CPU time", t.timeout)
+			return fmt.Sprintf("timed out after %s of CPU time", t.limits.Timeout)
+		case stopMemory:
+			return memoryMessage(t.limits.Memory)
 		}
 		return "interrupted"
+	}
+	var so *goja.StackOverflowError
+	if errors.As(err, &so) {
+		return fmt.Sprintf("call stack exceeded %d frames (runaway recursion?)", t.limits.Stack)
 	}
 	var ex *goja.Exception
 	if !errors.As(err, &ex) {
