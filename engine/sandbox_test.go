@@ -184,3 +184,92 @@ func TestFilterLimits(t *testing.T) {
 		t.Error("an unknown name compiled")
 	}
 }
+
+// Nothing one call does to the built-ins reaches the next call: every
+// intrinsic is frozen (the hidden ones too), so each attempt fails its own
+// change and a later document sees the original.
+func TestTransformCannotChangeBuiltins(t *testing.T) {
+	for _, tc := range []struct{ name, attack string }{
+		{"Math.max", `Math.max = () => "HACKED"`},
+		{"JSON.stringify", `JSON.stringify = () => "HACKED"`},
+		{"parseInt", `globalThis.parseInt = () => "HACKED"`},
+		{"a new global", `globalThis.leak = 1`},
+		{"Array.prototype", `Array.prototype.leak = 1`},
+		{"String.prototype", `String.prototype.leak = 1`},
+		{"Object.prototype", `Object.prototype.leak = 1`},
+		{"Function.prototype", `Function.prototype.leak = 1`},
+		{"array iterator prototype", `Object.getPrototypeOf([][Symbol.iterator]()).leak = 1`},
+		{"iterator prototype", `Object.getPrototypeOf(Object.getPrototypeOf([][Symbol.iterator]())).leak = 1`},
+		{"map iterator prototype", `Object.getPrototypeOf(new Map().entries()).leak = 1`},
+		{"set iterator prototype", `Object.getPrototypeOf(new Set().values()).leak = 1`},
+		{"string iterator prototype", `Object.getPrototypeOf(""[Symbol.iterator]()).leak = 1`},
+		{"regexp string iterator prototype", `Object.getPrototypeOf("a".matchAll(/a/g)).leak = 1`},
+		{"generator function prototype", `Object.getPrototypeOf(function* () {}).leak = 1`},
+		{"generator prototype", `Object.getPrototypeOf(function* () {}).prototype.leak = 1`},
+		{"async function prototype", `Object.getPrototypeOf(async function () {}).leak = 1`},
+		{"typed array constructor", `Object.getPrototypeOf(Uint8Array).leak = 1`},
+		{"typed array prototype", `Object.getPrototypeOf(Uint8Array.prototype).leak = 1`},
+		{"Promise.prototype", `Promise.prototype.leak = 1`},
+		{"Date.prototype", `Date.prototype.leak = 1`},
+		{"RegExp.prototype", `RegExp.prototype.leak = 1`},
+		{"Map.prototype", `Map.prototype.leak = 1`},
+		{"Error.prototype", `Error.prototype.leak = 1`},
+		{"Reflect", `Reflect.leak = 1`},
+		{"Symbol", `Symbol.leak = 1`},
+		{"guarded Array", `Array.leak = 1`},
+		{"helper function", `helper.leak = 1`},
+		{"top-level object", `config.list.push(1)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newTestRunner(t, `
+				const config = { list: [1, 2] };
+				function helper() { return 1; }
+				function transform(doc) {
+					if (doc.attack) { `+tc.attack+` }
+					const probes = [Math.max(1, 2), JSON.stringify([1]), parseInt("7"), globalThis.leak, [].leak, "".leak, ({}).leak,
+						helper.leak, (function () {}).leak, [][Symbol.iterator]().leak, new Map().entries().leak, new Set().values().leak,
+						""[Symbol.iterator]().leak, "a".matchAll(/a/g).leak, (function* () {}).leak, (function* () {})().leak,
+						(async function () {}).leak, Uint8Array.leak, new Uint8Array(1).leak, Promise.resolve().leak, new Date(0).leak,
+						/a/.leak, new Map().leak, new Error().leak, Reflect.leak, Symbol.leak, Array.leak, config.list.length];
+					return { probes: JSON.stringify(probes) };
+				}`, time.Second)
+			bad := doc("bad", "attack", true)
+			if _, err := r.run(&bad, nil); err == nil || !strings.Contains(err.Error(), "TypeError") {
+				t.Errorf("the attack did not fail its change: %v", err)
+			}
+			c := doc("next")
+			recs, err := r.run(&c, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const want = `[2,"[1]",7,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,2]`
+			if got := recs[0].Doc.(map[string]any)["probes"]; got != want {
+				t.Errorf("the next document saw %s", got)
+			}
+		})
+	}
+}
+
+// A top-level value that cannot be frozen is a load error at its
+// declaration; frozen constants and regular expressions are fine.
+func TestTransformRejectsMutableTopLevel(t *testing.T) {
+	for _, tc := range []struct{ src, want string }{
+		{"const seen = new Set();\nfunction transform(doc) { seen.add(doc._id); return null; }", "1:7: transform: const seen holds a Set"},
+		{"const m = new Map();\nfunction transform(doc) { return null; }", "1:7: transform: const m holds a Map"},
+		{"const cfg = { since: new Date() };\nfunction transform(doc) { return null; }", "1:7: transform: const cfg holds a Date"},
+		{"\n  const buf = [new Uint8Array(4)];\nfunction transform(doc) { return null; }", "2:9: transform: const buf holds a typed array"},
+		{"const w = new WeakMap();\nfunction transform(doc) { return null; }", "1:7: transform: const w holds a WeakMap"},
+		{"var v = new Map();\nfunction transform(doc) { return null; }", "transform: a top-level value holds a Map"},
+	} {
+		_, err := compileTransform("test.js", scriptLoc{}, tc.src, jsLimits{Timeout: time.Second, Memory: 1 << 28, Stack: 1000})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got %v, want %q", tc.src, err, tc.want)
+		}
+	}
+	r := newTestRunner(t, "const RE = /^case-(\\d+)$/;\nconst TYPES = ['a', 'b'];\nclass P { constructor(x) { this.x = x; } }\nfunction transform(doc) { return { n: RE.exec(doc._id)[1], t: TYPES.includes('a'), p: new P(1).x }; }", time.Second)
+	c := doc("case-12")
+	recs, err := r.run(&c, nil)
+	if err != nil || recs[0].Doc.(map[string]any)["n"] != "12" {
+		t.Fatalf("%v %v", recs, err)
+	}
+}

@@ -17,27 +17,77 @@ type Transform struct {
 	file   string
 	loc    scriptLoc // where the script stands in file
 	prog   *goja.Program
-	consts []string // top-level const and class names, frozen after load
+	consts []constDecl // top-level consts and classes, frozen after load
 	limits jsLimits
 }
 
 // The sandbox has only the language's built-ins: no require, no file,
 // network or process access. After the script has run once, every object
-// reachable from its globals is frozen, so nothing a call does can be seen
-// by the next one.
+// reachable from its globals and top-level constants is frozen, and so is
+// every intrinsic, the hidden ones too (iterator, generator and typed-array
+// prototypes, which goja creates lazily: they are touched first). The
+// script runs in strict mode, so an assignment to a frozen object throws
+// and fails that change: nothing a call does can be seen by the next one.
+// A top-level Map, Set, WeakMap, WeakSet, Date or typed array cannot be
+// frozen (its contents stay mutable): the freezer reports it instead.
 const freezeJS = `(function () {
+  "use strict";
   const seen = new Set();
+  // Brand checks, taken before the script runs: each throws unless its
+  // argument has the internal slots of its kind.
+  const getter = (c, k) => Object.getOwnPropertyDescriptor(c.prototype, k).get;
+  const mutable = [[Map.prototype.has, "a Map"], [Set.prototype.has, "a Set"], [WeakMap.prototype.has, "a WeakMap"],
+    [WeakSet.prototype.has, "a WeakSet"], [Date.prototype.getTime, "a Date"], [getter(ArrayBuffer, "byteLength"), "an ArrayBuffer"],
+    [getter(DataView, "byteLength"), "a DataView"], [getter(Object.getPrototypeOf(Uint8Array), "length"), "a typed array"]];
+  const apply = Reflect.apply;
+  const kind = (o) => {
+    for (const [f, what] of mutable) {
+      try { apply(f, o, []); return what; } catch (e) {}
+    }
+    return "";
+  };
   function freeze(o) {
-    if (o === null || (typeof o !== "object" && typeof o !== "function") || seen.has(o)) return;
+    if (o === null || (typeof o !== "object" && typeof o !== "function") || seen.has(o)) return "";
     seen.add(o);
+    const what = kind(o);
+    if (what) return what;
     Object.freeze(o);
     for (const k of Reflect.ownKeys(o)) {
       const d = Object.getOwnPropertyDescriptor(o, k);
-      if (d && "value" in d) freeze(d.value);
+      for (const v of d ? [d.value, d.get, d.set] : []) {
+        const m = freeze(v);
+        if (m) return m;
+      }
     }
-    freeze(Object.getPrototypeOf(o));
+    return freeze(Object.getPrototypeOf(o));
   }
-  return freeze;
+  const intrinsics = [
+    "Object", "Function", "Array", "String", "Number", "BigInt", "RegExp", "Date", "Boolean", "Proxy", "Reflect",
+    "Error", "AggregateError", "TypeError", "ReferenceError", "SyntaxError", "RangeError", "EvalError", "URIError",
+    "Math", "JSON", "ArrayBuffer", "DataView", "Uint8Array", "Uint8ClampedArray", "Int8Array", "Uint16Array",
+    "Int16Array", "Uint32Array", "Int32Array", "Float32Array", "Float64Array", "BigInt64Array", "BigUint64Array",
+    "Symbol", "WeakSet", "WeakMap", "Map", "Set", "Promise", "globalThis", "eval", "isNaN", "parseInt", "parseFloat",
+    "isFinite", "decodeURI", "decodeURIComponent", "encodeURI", "encodeURIComponent", "escape", "unescape",
+  ].filter((n) => typeof globalThis[n] !== "undefined").map((n) => {
+    // goja creates the global object's built-ins lazily and Object.freeze
+    // misses them: pin each one now, before the script runs.
+    const v = globalThis[n];
+    if (n !== "globalThis") Object.defineProperty(globalThis, n, { value: v, writable: false, enumerable: false, configurable: false });
+    return v;
+  }).filter((v) => v !== globalThis);
+  const proto = Object.getPrototypeOf;
+  const hidden = [
+    () => proto([][Symbol.iterator]()), () => proto(new Map()[Symbol.iterator]()), () => proto(new Set()[Symbol.iterator]()),
+    () => proto(""[Symbol.iterator]()), () => proto("a".matchAll(/a/g)), () => proto(function* () {}),
+    () => proto(function* () {}).prototype, () => proto(async function () {}),
+    () => proto(Uint8Array), () => proto(Promise.resolve()),
+    () => proto((function () { return arguments; })()),
+  ];
+  return function (root) {
+    for (const o of intrinsics) freeze(o);
+    for (const f of hidden) { try { freeze(f()); } catch (e) {} }
+    return freeze(root);
+  };
 })()`
 
 // compileTransform parses and compiles src, written in file at loc (and
@@ -63,12 +113,14 @@ func compileTransform(file string, loc scriptLoc, src string, limits jsLimits) (
 			}
 			for _, b := range st.List {
 				if id, ok := b.Target.(*ast.Identifier); ok {
-					t.consts = append(t.consts, id.Name.String())
+					p := prg.File.Position(int(id.Idx) - 1)
+					t.consts = append(t.consts, constDecl{id.Name.String(), p.Line, p.Column})
 				}
 			}
 		case *ast.ClassDeclaration:
 			if st.Class.Name != nil {
-				t.consts = append(t.consts, st.Class.Name.Name.String())
+				p := prg.File.Position(int(st.Class.Name.Idx) - 1)
+				t.consts = append(t.consts, constDecl{st.Class.Name.Name.String(), p.Line, p.Column})
 			}
 		}
 	}
@@ -87,6 +139,12 @@ func compileTransform(file string, loc scriptLoc, src string, limits jsLimits) (
 	return t, nil
 }
 
+// constDecl is a top-level const or class of the script, where declared.
+type constDecl struct {
+	name      string
+	line, col int
+}
+
 // jsRunner calls the transform in a runtime of its own; one per worker.
 type jsRunner struct {
 	t     *Transform
@@ -101,9 +159,14 @@ func (t *Transform) newRunner() (*jsRunner, error) {
 	if err := installGuards(vm, t.limits); err != nil {
 		return nil, fmt.Errorf("transform: sandbox: %v", err)
 	}
+	freezeV, err := vm.RunString(freezeJS)
+	if err != nil {
+		return nil, fmt.Errorf("transform: sandbox: %v", err)
+	}
+	freeze, _ := goja.AssertFunction(freezeV)
 	guard := newCallGuard(vm, t.limits)
 	guard.begin()
-	_, err := vm.RunProgram(t.prog)
+	_, err = vm.RunProgram(t.prog)
 	guard.end()
 	if err != nil {
 		return nil, errors.New("transform: the script failed when loaded: " + t.jsError(err))
@@ -112,21 +175,28 @@ func (t *Transform) newRunner() (*jsRunner, error) {
 	if !ok {
 		return nil, errors.New("transform: the script must define function transform(doc, change)")
 	}
-	freezeV, err := vm.RunString(freezeJS)
-	if err != nil {
-		return nil, fmt.Errorf("transform: sandbox: %v", err)
+	type root struct {
+		v goja.Value
+		c *constDecl
 	}
-	freeze, _ := goja.AssertFunction(freezeV)
-	roots := []goja.Value{vm.GlobalObject()}
-	for _, name := range t.consts {
-		v, err := vm.RunString(name)
+	roots := []root{{v: vm.GlobalObject()}}
+	for i, c := range t.consts {
+		v, err := vm.RunString(c.name)
 		if err == nil {
-			roots = append(roots, v)
+			roots = append(roots, root{v, &t.consts[i]})
 		}
 	}
 	for _, r := range roots {
-		if _, err := freeze(goja.Undefined(), r); err != nil {
+		m, err := freeze(goja.Undefined(), r.v)
+		if err != nil {
 			return nil, fmt.Errorf("transform: sandbox: %v", err)
+		}
+		if what := m.String(); what != "" {
+			msg := fmt.Sprintf("transform: a top-level value holds %s, which cannot be frozen and would carry state from one document to the next; create it inside transform()", what)
+			if r.c == nil {
+				return nil, errors.New(msg)
+			}
+			return nil, &scriptErr{Line: r.c.line, Col: r.c.col, Msg: fmt.Sprintf("transform: const %s holds %s, which cannot be frozen and would carry state from one document to the next; create it inside transform()", r.c.name, what)}
 		}
 	}
 	return &jsRunner{t: t, vm: vm, fn: fn, guard: guard}, nil
