@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 
 	"github.com/expr-lang/expr"
@@ -60,6 +61,11 @@ func (r *filterRunner) match(c *Change) (bool, error) {
 	out, err := r.vm.Run(r.f.prog, &r.env)
 	r.env.Doc = nil
 	if err != nil {
+		if strings.Contains(err.Error(), stringBudgetMsg) {
+			// The VM's stack still holds the strings built so far.
+			r.vm = vm.VM{}
+			runtime.GC()
+		}
 		return false, fmt.Errorf("filter: %w", err)
 	}
 	b, _ := out.(bool)

@@ -7,7 +7,7 @@ import (
 
 	"github.com/expr-lang/expr"
 	"github.com/expr-lang/expr/ast"
-	"github.com/expr-lang/expr/vm/runtime"
+	exprrt "github.com/expr-lang/expr/vm/runtime"
 )
 
 // A filter's VM counts the memory of the arrays and maps it builds (expr's
@@ -17,11 +17,13 @@ import (
 // calls of checked equivalents, which fail the change once a string would
 // be longer than the pillow's memory budget.
 
+const stringBudgetMsg = "a string would be longer than"
+
 // filterGuards are the checked functions, for a budget of max bytes.
 func filterGuards(limit int64) []expr.Option {
 	check := func(n int64) error {
 		if n > limit {
-			return fmt.Errorf("filter: a string would be longer than %s", ByteSize(limit))
+			return fmt.Errorf("filter: %s %s", stringBudgetMsg, ByteSize(limit))
 		}
 		return nil
 	}
@@ -43,7 +45,7 @@ func filterGuards(limit int64) []expr.Option {
 					return a + b, nil
 				}
 			}
-			return runtime.Add(p[0], p[1]), nil
+			return exprrt.Add(p[0], p[1]), nil
 		}, new(func(any, any) any)),
 		expr.Function("_ptop_repeat", func(p ...any) (any, error) {
 			s := p[0].(string)

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"fmt"
-	"runtime"
 	"runtime/metrics"
 	"sync"
 	"time"
@@ -28,13 +27,16 @@ const (
 
 // watchEvery is how often a running call's heap growth and CPU time are
 // looked at.
-const watchEvery = 5 * time.Millisecond
+const watchEvery = 2 * time.Millisecond
 
 // callGuard enforces the limits of one runtime's calls from outside it. A
 // timer fires while a call runs: every watchEvery it samples the heap, and
 // interrupts the runtime when the heap has grown by more than the memory
-// budget since the call's first sample (a string doubled in a loop); at the
-// call's time limit it measures the CPU time the call's thread has used and
+// budget over the least sample of the call (a string doubled in a loop).
+// The heap is the process's, garbage included: other workers' garbage
+// counts too, but it cannot grow the heap by the budget without a GC (which
+// lowers the least sample) unless the live heap is larger than the budget.
+// At the call's time limit it measures the CPU time the call's thread has used and
 // interrupts only if the limit is used up, else it waits for the time left.
 //
 // A late interrupt never reaches the next call: a call clears the
@@ -50,8 +52,8 @@ type callGuard struct {
 	running bool
 	clock   threadClock
 	start   time.Duration // thread CPU time at the call's start
-	heap0   uint64        // heap at the call's first sample; 0 before it
-	gced    bool          // a GC was run for this call to confirm growth
+	heap0   uint64        // the least heap sampled during the call; 0 before the first sample
+	stopped interrupt     // why the guard interrupted the call, if it did
 }
 
 const heapMetric = "/memory/classes/heap/objects:bytes"
@@ -68,7 +70,7 @@ func (g *callGuard) begin() {
 	g.vm.ClearInterrupt()
 	clk := lockThreadClock()
 	g.mu.Lock()
-	g.running, g.clock, g.start, g.heap0, g.gced = true, clk, clk.now(), 0, false
+	g.running, g.clock, g.start, g.heap0, g.stopped = true, clk, clk.now(), 0, 0
 	g.timer.Reset(min(g.limits.Timeout, watchEvery))
 	g.mu.Unlock()
 }
@@ -98,31 +100,17 @@ func (g *callGuard) check() {
 	}
 	used := g.clock.now() - g.start
 	if used >= g.limits.Timeout {
+		g.stopped = stopTimeout
 		g.vm.Interrupt(stopTimeout)
 		return
 	}
-	if h := g.heap(); g.heap0 == 0 {
+	h := g.heap()
+	if g.heap0 == 0 || h < g.heap0 {
 		g.heap0 = h
-	} else if g.limits.Memory > 0 && h > g.heap0 && h-g.heap0 > uint64(g.limits.Memory) {
-		if g.gced {
-			g.vm.Interrupt(stopMemory)
-			return
-		}
-		// The heap counts garbage too, other workers' included: make sure
-		// the growth is live before blaming the call. The call goes on
-		// meanwhile, and is sampled again on the next tick.
-		g.gced = true
-		g.mu.Unlock()
-		runtime.GC()
-		g.mu.Lock()
-		if !g.running {
-			return
-		}
-		if h := g.heap(); h > g.heap0 && h-g.heap0 > uint64(g.limits.Memory) {
-			g.vm.Interrupt(stopMemory)
-			return
-		}
-		g.gced = false
+	} else if g.limits.Memory > 0 && h-g.heap0 > uint64(g.limits.Memory) {
+		g.stopped = stopMemory
+		g.vm.Interrupt(stopMemory)
+		return
 	}
 	g.timer.Reset(min(g.limits.Timeout-used, watchEvery))
 }

@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 
 	"github.com/dop251/goja"
@@ -202,6 +203,18 @@ func (t *Transform) newRunner() (*jsRunner, error) {
 	return &jsRunner{t: t, vm: vm, fn: fn, guard: guard}, nil
 }
 
+// reset replaces the runtime of a call the guard stopped: the stopped
+// call's values (a huge string) stay referenced from the runtime's stack,
+// so that no GC could free them while the runtime lives.
+func (r *jsRunner) reset() {
+	nr, err := r.t.newRunner()
+	if err != nil {
+		return // it loaded before; keep the old runtime
+	}
+	*r = *nr
+	runtime.GC()
+}
+
 // jsError describes an error thrown by the script, at the position in the
 // pillow file (or transform file) where it was thrown.
 func (t *Transform) jsError(err error) string {
@@ -250,6 +263,9 @@ func (r *jsRunner) run(c *Change, out []Record) ([]Record, error) {
 	res, err := r.fn(goja.Undefined(), r.vm.ToValue(c.Doc), r.vm.ToValue(changeInfo{ID: c.ID, Seq: c.Seq, Rev: c.Rev, Deleted: c.Deleted}))
 	r.guard.end()
 	if err != nil {
+		if r.guard.stopped != 0 {
+			r.reset()
+		}
 		return out, fmt.Errorf("transform: %s", r.t.jsError(err))
 	}
 	if res == nil || goja.IsUndefined(res) || goja.IsNull(res) {
