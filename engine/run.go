@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/dimagi/ptop/component"
 	json "github.com/goccy/go-json"
@@ -467,6 +469,17 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 			fail(c, "decode", fmt.Errorf("the document is %d bytes, more than max_doc_bytes (%d)", len(c.RawDoc), s.MaxDocBytes))
 			continue
 		}
+		if w.filter == nil && w.transform == nil && c.Doc == nil && c.RawDoc != nil {
+			// Passed through as the feed sent it: big and precise numbers,
+			// key order and all, are the sink's to write exactly.
+			raw, err := passthrough(c.RawDoc)
+			if err != nil {
+				fail(c, "decode", err)
+				continue
+			}
+			recs = append(recs, Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Doc: raw})
+			continue
+		}
 		if c.Doc == nil && c.RawDoc != nil {
 			if err := json.Unmarshal(c.RawDoc, &c.Doc); err != nil {
 				fail(c, "decode", fmt.Errorf("decoding the document: %w", err))
@@ -497,6 +510,24 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 		}
 	}
 	return recs, fails, filtered
+}
+
+// passthrough returns a document's bytes as a record's content: a JSON
+// object, unchanged but for invalid UTF-8, which becomes U+FFFD as it
+// would through a decoder.
+func passthrough(raw []byte) (json.RawMessage, error) {
+	b := bytes.TrimSpace(raw)
+	if !utf8.Valid(b) {
+		b = bytes.ToValidUTF8(b, []byte("\uFFFD"))
+	}
+	if len(b) == 0 || b[0] != '{' || !json.Valid(b) {
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			return nil, fmt.Errorf("decoding the document: %w", err)
+		}
+		return nil, errors.New("decoding the document: not a JSON object")
+	}
+	return json.RawMessage(b), nil
 }
 
 // write hands a batch to every sink, retrying each until it acknowledges,

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -714,5 +715,37 @@ func TestSequenceRewindCounted(t *testing.T) {
 	runToEnd(t, testSpec(t, "", "", src, &memSink{}), RunOptions{Metrics: m})
 	if got := testutil.ToFloat64(m.rewinds.WithLabelValues("test")); got != 1 {
 		t.Fatalf("rewinds = %v, want 1 (6 → 3)", got)
+	}
+}
+
+// Without filter or transform, a document read raw passes as the feed sent
+// it: numbers beyond float64 and key order intact; invalid UTF-8 becomes
+// U+FFFD; a row that is not a JSON object fails its change.
+func TestRunPassesRawDocumentsExactly(t *testing.T) {
+	sink := &memSink{}
+	errs := &memErrors{}
+	raw := func(id, s string) Change { return Change{ID: id, Rev: "1-a", RawDoc: []byte(s)} }
+	s := testSpec(t, "", "", feed(
+		raw("big", `{"_id":"big","z":12345678901234567890123,"a":9007199254740993,"f":1.0000000000000000001}`),
+		raw("utf8", "{\"_id\":\"utf8\",\"s\":\"a\xffb\",\"u\":\"\\ud800\"}"),
+		raw("bad", `{"_id":"bad",`),
+		raw("array", `[1]`),
+	), sink)
+	s.SkipDeletes = true
+	runToEnd(t, s, RunOptions{Errors: errs})
+	got := sink.records()
+	if len(got) != 2 {
+		t.Fatalf("records = %+v", got)
+	}
+	for i, want := range []string{
+		`{"_id":"big","z":12345678901234567890123,"a":9007199254740993,"f":1.0000000000000000001}`,
+		"{\"_id\":\"utf8\",\"s\":\"a\uFFFDb\",\"u\":\"\\ud800\"}",
+	} {
+		if b, ok := got[i].Doc.(json.RawMessage); !ok || string(b) != want {
+			t.Errorf("record %d: %T %s, want %s", i, got[i].Doc, got[i].Doc, want)
+		}
+	}
+	if ids := errs.ids(); !reflect.DeepEqual(ids, []string{"bad:decode", "array:decode"}) {
+		t.Errorf("failed: %v", ids)
 	}
 }

@@ -116,3 +116,26 @@ sinks:
 		os.Stderr.WriteString(stderr.String()[:min(3000, len(stderr.String()))])
 	}
 }
+
+// Without a transform, a document reaches the file sink as the feed sent
+// it: numbers beyond float64 exactly, keys in order.
+func TestPassthroughKeepsNumbersExactly(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the command")
+	}
+	dir := t.TempDir()
+	doc := `{"_id":"big","z":12345678901234567890123,"a":9007199254740993,"m":-0.1000000000000000055511151231257827}`
+	write(t, filepath.Join(dir, "in.jsonl"), `{"seq":1,"id":"big","changes":[{"rev":"1-a"}],"doc":`+doc+"}\n")
+	out := filepath.Join(dir, "out.jsonl")
+	write(t, filepath.Join(dir, "pipelines", "p.yaml"), "name: p\nsource: {file: {path: "+filepath.Join(dir, "in.jsonl")+"}}\nsinks:\n  - file: {path: \""+out+"\"}\n")
+	if code, _, errOut := ptop(t, "run", filepath.Join(dir, "pipelines")); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"doc":`+doc) {
+		t.Fatalf("out: %s", b)
+	}
+}
