@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -135,7 +136,7 @@ func TestTransformGuardsKeepBuiltins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, ok := range recs[0].Doc.(map[string]any)["checks"].([]any) {
+	for i, ok := range docOf(t, recs[0])["checks"].([]any) {
 		if ok != true {
 			t.Errorf("check %d failed", i)
 		}
@@ -243,7 +244,7 @@ func TestTransformCannotChangeBuiltins(t *testing.T) {
 				t.Fatal(err)
 			}
 			const want = `[2,"[1]",7,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,null,2]`
-			if got := recs[0].Doc.(map[string]any)["probes"]; got != want {
+			if got := docOf(t, recs[0])["probes"]; got != want {
 				t.Errorf("the next document saw %s", got)
 			}
 		})
@@ -269,7 +270,54 @@ func TestTransformRejectsMutableTopLevel(t *testing.T) {
 	r := newTestRunner(t, "const RE = /^case-(\\d+)$/;\nconst TYPES = ['a', 'b'];\nclass P { constructor(x) { this.x = x; } }\nfunction transform(doc) { return { n: RE.exec(doc._id)[1], t: TYPES.includes('a'), p: new P(1).x }; }", time.Second)
 	c := doc("case-12")
 	recs, err := r.run(&c, nil)
-	if err != nil || recs[0].Doc.(map[string]any)["n"] != "12" {
+	if err != nil || docOf(t, recs[0])["n"] != "12" {
 		t.Fatalf("%v %v", recs, err)
+	}
+}
+
+// docOf decodes a record's JSON text.
+func docOf(t *testing.T, r Record) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.Doc.(json.RawMessage), &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// A record keeps the transform's key order and is written as
+// JSON.stringify would write it; a value JSON cannot hold fails the change
+// with where it is.
+func TestTransformRecordsAsJSON(t *testing.T) {
+	for _, tc := range []struct{ body, want string }{
+		{`return { z: 1, a: { y: [1, 2.5, "s"], b: null }, m: true, _id: "k" }`, `{"z":1,"a":{"y":[1,2.5,"s"],"b":null},"m":true,"_id":"k"}`},
+		{`const o = {}; o.b = 1; o.a = 2; delete o.b; o.b = 3; return o`, `{"a":2,"b":3}`},
+		{`return { big: 2 ** 53 + 1, f: 0.1 + 0.2, e: 1e21, neg: -0, nan: NaN, inf: -Infinity, tiny: 5e-7 }`, `{"big":9007199254740992,"f":0.30000000000000004,"e":1e+21,"neg":0,"nan":null,"inf":null,"tiny":5e-7}`},
+		{`return { d: new Date(0), u: undefined, s: "\ud800x\u2028" }`, `{"d":"1970-01-01T00:00:00.000Z","u":null,"s":"` + "\uFFFDx\\u2028" + `"}`},
+		{`class P { constructor() { this.x = 1; } } return new P()`, `{"x":1}`},
+		{`return { a: 10n }`, "transform: a is a BigInt, which JSON cannot hold"},
+		{`return { a: [1, { s: Symbol("x") }] }`, "transform: a[1].s is a Symbol, which JSON cannot hold"},
+		{`return { bytes: new Uint8Array(2) }`, "transform: bytes is a typed array, which JSON cannot hold"},
+		{`return { m: new Map() }`, "transform: m is a Map, which JSON cannot hold"},
+		{`return { s: new Set([1]) }`, "transform: s is a Set, which JSON cannot hold"},
+		{`return { b: new ArrayBuffer(1) }`, "transform: b is an ArrayBuffer, which JSON cannot hold"},
+		{`return { f: function () {} }`, "transform: f is a function, which JSON cannot hold"},
+		{`return [{ ok: 1 }, { r: /x/ }]`, "transform: item 1: r is a RegExp, which JSON cannot hold"},
+		{`const o = {}; o.self = o; return o`, "nested more than 1000 deep (circular?)"},
+		{`return { _id: {} }`, "transform: _id is an object; it must be a string"},
+		{`return 10n`, "transform: returned a BigInt; return an object"},
+	} {
+		r := newTestRunner(t, `function transform(doc) { `+tc.body+` }`, time.Second)
+		c := doc("x")
+		recs, err := r.run(&c, nil)
+		got := ""
+		if err != nil {
+			got = err.Error()
+		} else if len(recs) == 1 {
+			got = string(recs[0].Doc.(json.RawMessage))
+		}
+		if !strings.Contains(got, tc.want) {
+			t.Errorf("%s:\n got %s\nwant %s", tc.body, got, tc.want)
+		}
 	}
 }

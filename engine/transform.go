@@ -152,6 +152,7 @@ type jsRunner struct {
 	vm    *goja.Runtime
 	fn    goja.Callable
 	guard *callGuard
+	w     recordWriter
 }
 
 func (t *Transform) newRunner() (*jsRunner, error) {
@@ -271,41 +272,40 @@ func (r *jsRunner) run(c *Change, out []Record) ([]Record, error) {
 	if res == nil || goja.IsUndefined(res) || goja.IsNull(res) {
 		return out, nil
 	}
-	switch x := res.Export().(type) {
-	case map[string]any:
-		return appendRecord(out, c, x, "")
-	case []any:
-		for i, item := range x {
-			if item == nil {
-				continue
-			}
-			m, ok := item.(map[string]any)
-			if !ok {
-				return out, fmt.Errorf("transform: item %d of the returned array is %s; return objects", i, jsTypeName(item))
-			}
-			var err error
-			if out, err = appendRecord(out, c, m, fmt.Sprintf("item %d: ", i)); err != nil {
-				return out, err
-			}
-		}
-		return out, nil
-	default:
-		return out, fmt.Errorf("transform: returned %s; return an object, an array of objects, or null", jsTypeName(x))
+	o, ok := res.(*goja.Object)
+	if !ok || (o.ClassName() != "Object" && o.ClassName() != "Array") {
+		return out, fmt.Errorf("transform: returned %s; return an object, an array of objects, or null", jsTypeOf(res))
 	}
+	if o.ClassName() == "Object" {
+		return r.appendRecord(out, c, o, "")
+	}
+	n := o.Get("length").ToInteger()
+	for i := int64(0); i < n; i++ {
+		item := o.Get(strconv.FormatInt(i, 10))
+		if item == nil || goja.IsUndefined(item) || goja.IsNull(item) {
+			continue
+		}
+		io, ok := item.(*goja.Object)
+		if !ok || io.ClassName() != "Object" {
+			return out, fmt.Errorf("transform: item %d of the returned array is %s; return objects", i, jsTypeOf(item))
+		}
+		var err error
+		if out, err = r.appendRecord(out, c, io, fmt.Sprintf("item %d: ", i)); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
 }
 
-func appendRecord(out []Record, c *Change, m map[string]any, where string) ([]Record, error) {
-	rec := Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Doc: m}
-	switch id := m["_id"].(type) {
-	case nil:
-	case string:
+// appendRecord encodes o, one record, and appends it to out.
+func (r *jsRunner) appendRecord(out []Record, c *Change, o *goja.Object, where string) ([]Record, error) {
+	doc, id, hasID, err := r.w.record(o)
+	if err != nil {
+		return out, fmt.Errorf("transform: %s%v", where, err)
+	}
+	rec := Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Doc: doc}
+	if hasID {
 		rec.ID = id
-	case int64:
-		rec.ID = strconv.FormatInt(id, 10)
-	case float64:
-		rec.ID = strconv.FormatFloat(id, 'f', -1, 64)
-	default:
-		return out, fmt.Errorf("transform: %s_id is %s; it must be a string", where, jsTypeName(id))
 	}
 	if rec.ID == "" {
 		return out, fmt.Errorf("transform: %s_id is empty", where)
