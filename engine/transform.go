@@ -153,7 +153,6 @@ type jsRunner struct {
 	fn    goja.Callable
 	guard *callGuard
 	w     recordWriter
-	doc   jsDoc
 }
 
 func (t *Transform) newRunner() (*jsRunner, error) {
@@ -202,7 +201,7 @@ func (t *Transform) newRunner() (*jsRunner, error) {
 			return nil, &scriptErr{Line: r.c.line, Col: r.c.col, Msg: fmt.Sprintf("transform: const %s holds %s, which cannot be frozen and would carry state from one document to the next; create it inside transform()", r.c.name, what)}
 		}
 	}
-	return &jsRunner{t: t, vm: vm, fn: fn, guard: guard, doc: jsDoc{vm: vm}}, nil
+	return &jsRunner{t: t, vm: vm, fn: fn, guard: guard}, nil
 }
 
 // reset replaces the runtime of a call the guard stopped: the stopped
@@ -260,18 +259,9 @@ type changeInfo struct {
 
 // run calls transform(doc, change) and returns the records it made: none
 // (null or undefined), one (an object) or several (an array of objects).
-// raw, when set, is the document's JSON text, from which doc is built with
-// its keys in order; else doc wraps c.Doc.
-func (r *jsRunner) run(c *Change, raw []byte, out []Record) ([]Record, error) {
-	doc := r.vm.ToValue(c.Doc)
-	if raw != nil {
-		var err error
-		if doc, err = r.doc.build(raw); err != nil {
-			return out, fmt.Errorf("transform: the document: %v", err)
-		}
-	}
+func (r *jsRunner) run(c *Change, out []Record) ([]Record, error) {
 	r.guard.begin()
-	res, err := r.fn(goja.Undefined(), doc, r.vm.ToValue(changeInfo{ID: c.ID, Seq: c.Seq, Rev: c.Rev, Deleted: c.Deleted}))
+	res, err := r.fn(goja.Undefined(), r.vm.ToValue(c.Doc), r.vm.ToValue(changeInfo{ID: c.ID, Seq: c.Seq, Rev: c.Rev, Deleted: c.Deleted}))
 	r.guard.end()
 	if err != nil {
 		if r.guard.stopped != 0 {
