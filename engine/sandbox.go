@@ -51,7 +51,9 @@ type callGuard struct {
 	mu      sync.Mutex
 	running bool
 	clock   threadClock
-	start   time.Duration // thread CPU time at the call's start
+	pinned  bool          // the caller keeps its goroutine on clock's thread
+	wall    time.Time     // when the call started
+	start   time.Duration // thread CPU time at the call's start; -1 before the first tick
 	heap0   uint64        // the least heap sampled during the call; 0 before the first sample
 	stopped interrupt     // why the guard interrupted the call, if it did
 }
@@ -65,12 +67,25 @@ func newCallGuard(vm *goja.Runtime, limits jsLimits) *callGuard {
 	return g
 }
 
+// pin tells the guard that the calling goroutine is locked to its thread,
+// whose clock is clk, for the calls to come (a chunk of changes): begin
+// and end then need no system call.
+func (g *callGuard) pin(clk threadClock) { g.pinned, g.clock = true, clk }
+
+func (g *callGuard) unpin() { g.pinned = false }
+
 // begin is called on the goroutine that makes the call, right before it.
+// The CPU clock is read only if the call is still running at the first
+// tick: the CPU time it used before is taken as the wall time, at most
+// watchEvery.
 func (g *callGuard) begin() {
 	g.vm.ClearInterrupt()
-	clk := lockThreadClock()
+	clk := g.clock
+	if !g.pinned {
+		clk = lockThreadClock()
+	}
 	g.mu.Lock()
-	g.running, g.clock, g.start, g.heap0, g.stopped = true, clk, clk.now(), 0, 0
+	g.running, g.clock, g.wall, g.start, g.heap0, g.stopped = true, clk, time.Now(), -1, 0, 0
 	g.timer.Reset(min(g.limits.Timeout, watchEvery))
 	g.mu.Unlock()
 }
@@ -81,7 +96,9 @@ func (g *callGuard) end() {
 	g.running = false
 	g.timer.Stop()
 	g.mu.Unlock()
-	unlockThreadClock()
+	if !g.pinned {
+		unlockThreadClock()
+	}
 }
 
 func (g *callGuard) heap() uint64 {
@@ -98,7 +115,11 @@ func (g *callGuard) check() {
 	if !g.running {
 		return
 	}
-	used := g.clock.now() - g.start
+	now := g.clock.now()
+	if g.start < 0 {
+		g.start = now - min(time.Since(g.wall), watchEvery)
+	}
+	used := now - g.start
 	if used >= g.limits.Timeout {
 		g.stopped = stopTimeout
 		g.vm.Interrupt(stopTimeout)
