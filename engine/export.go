@@ -28,11 +28,12 @@ type recordWriter struct {
 }
 
 var (
-	typeInt64   = reflect.TypeOf(int64(0))
-	typeFloat64 = reflect.TypeOf(float64(0))
-	typeString  = reflect.TypeOf("")
-	typeBool    = reflect.TypeOf(false)
-	typeMap     = reflect.TypeOf(map[string]any(nil))
+	typeInt64     = reflect.TypeOf(int64(0))
+	typeFloat64   = reflect.TypeOf(float64(0))
+	typeString    = reflect.TypeOf("")
+	typeBool      = reflect.TypeOf(false)
+	typeMap       = reflect.TypeOf(map[string]any(nil))
+	typeDocObject = reflect.TypeOf(&docObject{})
 )
 
 // pathErr is an unsupported value at a path inside the record.
@@ -98,7 +99,7 @@ func (w *recordWriter) object(o *goja.Object, depth int) error {
 	}
 	switch c := o.ClassName(); c {
 	case "Object":
-		if t := o.ExportType(); t != typeMap {
+		if t := o.ExportType(); t != typeMap && t != typeDocObject {
 			return &pathErr{what: objectKind(t)}
 		}
 		w.buf = append(w.buf, '{')

@@ -488,12 +488,13 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 			recs = append(recs, Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Doc: raw})
 			continue
 		}
+		var raw []byte // the document's text, for the order of doc's keys
 		if c.Doc == nil && c.RawDoc != nil {
 			if err := json.Unmarshal(c.RawDoc, &c.Doc); err != nil {
 				fail(c, "decode", fmt.Errorf("decoding the document: %w", err))
 				continue
 			}
-			c.RawDoc = nil
+			raw, c.RawDoc = c.RawDoc, nil
 		}
 		if w.filter != nil {
 			ok, err := w.filter.match(c)
@@ -512,7 +513,7 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 		}
 		n := len(recs)
 		var err error
-		if recs, err = w.transform.run(c, recs); err != nil {
+		if recs, err = w.transform.run(c, raw, recs); err != nil {
 			recs = recs[:n]
 			fail(c, "transform", err)
 		}

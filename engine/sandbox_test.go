@@ -33,13 +33,13 @@ func TestTransformTimeoutDoesNotReachNextCall(t *testing.T) {
 	}`, 50*time.Millisecond)
 	for round := 0; round < 3; round++ {
 		slow := doc("slow", "slow", true)
-		_, err := r.run(&slow, nil)
+		_, err := r.run(&slow, nil, nil)
 		if err == nil || !strings.Contains(err.Error(), "timed out after 50ms of CPU time") {
 			t.Fatalf("slow document: %v", err)
 		}
 		for i := 0; i < 200; i++ {
 			c := doc("fast")
-			recs, err := r.run(&c, nil)
+			recs, err := r.run(&c, nil, nil)
 			if err != nil || len(recs) != 1 {
 				t.Fatalf("round %d, fast document %d after a slow one: %v", round, i, err)
 			}
@@ -104,11 +104,11 @@ func TestTransformLimits(t *testing.T) {
 				t.Fatal(err)
 			}
 			bad := doc("bad", "hostile", true)
-			if _, err := r.run(&bad, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
+			if _, err := r.run(&bad, nil, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want %q", err, tc.want)
 			}
 			ok := doc("ok")
-			recs, err := r.run(&ok, nil)
+			recs, err := r.run(&ok, nil, nil)
 			if err != nil || len(recs) != 1 {
 				t.Fatalf("the next document: %v %v", recs, err)
 			}
@@ -132,7 +132,7 @@ func TestTransformGuardsKeepBuiltins(t *testing.T) {
 		] };
 	}`, time.Second)
 	c := doc("x")
-	recs, err := r.run(&c, nil)
+	recs, err := r.run(&c, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,11 +235,11 @@ func TestTransformCannotChangeBuiltins(t *testing.T) {
 					return { probes: JSON.stringify(probes) };
 				}`, time.Second)
 			bad := doc("bad", "attack", true)
-			if _, err := r.run(&bad, nil); err == nil || !strings.Contains(err.Error(), "TypeError") {
+			if _, err := r.run(&bad, nil, nil); err == nil || !strings.Contains(err.Error(), "TypeError") {
 				t.Errorf("the attack did not fail its change: %v", err)
 			}
 			c := doc("next")
-			recs, err := r.run(&c, nil)
+			recs, err := r.run(&c, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -269,7 +269,7 @@ func TestTransformRejectsMutableTopLevel(t *testing.T) {
 	}
 	r := newTestRunner(t, "const RE = /^case-(\\d+)$/;\nconst TYPES = ['a', 'b'];\nclass P { constructor(x) { this.x = x; } }\nfunction transform(doc) { return { n: RE.exec(doc._id)[1], t: TYPES.includes('a'), p: new P(1).x }; }", time.Second)
 	c := doc("case-12")
-	recs, err := r.run(&c, nil)
+	recs, err := r.run(&c, nil, nil)
 	if err != nil || docOf(t, recs[0])["n"] != "12" {
 		t.Fatalf("%v %v", recs, err)
 	}
@@ -309,7 +309,7 @@ func TestTransformRecordsAsJSON(t *testing.T) {
 	} {
 		r := newTestRunner(t, `function transform(doc) { `+tc.body+` }`, time.Second)
 		c := doc("x")
-		recs, err := r.run(&c, nil)
+		recs, err := r.run(&c, nil, nil)
 		got := ""
 		if err != nil {
 			got = err.Error()
@@ -319,5 +319,62 @@ func TestTransformRecordsAsJSON(t *testing.T) {
 		if !strings.Contains(got, tc.want) {
 			t.Errorf("%s:\n got %s\nwant %s", tc.body, got, tc.want)
 		}
+	}
+}
+
+// Inside a transform, doc follows the document's own key order, the same
+// on every call, nested objects too; keys a transform adds come last.
+func TestTransformDocKeepsKeyOrder(t *testing.T) {
+	r := newTestRunner(t, `function transform(doc) {
+		const before = JSON.stringify(doc);
+		doc.added = 1; delete doc.z;
+		return { keys: Object.keys(doc).join(","), json: before, nested: Object.keys(doc.n).join(","), inArray: Object.keys(doc.a[1]).join(","),
+			same: doc.n === doc.n, proto: Object.getPrototypeOf(doc) === Object.prototype, arr: Array.isArray(doc.a), forin: (() => { const ks = []; for (const k in doc.n) ks.push(k); return ks.join(","); })() };
+	}`, time.Second)
+	raw := `{"z":1,"_id":"x","a":[1,{"q":true,"b":null}],"n":{"y":1.5,"b":"\u00e9"},"big":9007199254740993,"m":"s"}`
+	for i := 0; i < 20; i++ {
+		c := Change{ID: "x"}
+		if err := json.Unmarshal([]byte(raw), &c.Doc); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := r.run(&c, []byte(raw), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := docOf(t, recs[0])
+		if d["keys"] != "_id,a,n,big,m,added" || d["nested"] != "y,b" || d["inArray"] != "q,b" || d["forin"] != "y,b" ||
+			d["json"] != `{"z":1,"_id":"x","a":[1,{"q":true,"b":null}],"n":{"y":1.5,"b":"é"},"big":9007199254740992,"m":"s"}` ||
+			d["same"] != true || d["proto"] != true || d["arr"] != true {
+			t.Fatalf("call %d: %v", i, d)
+		}
+	}
+	// Without the text (a source that gave the map), keys are sorted.
+	c := Change{ID: "x", Doc: map[string]any{"z": 1.0, "_id": "x", "a": []any{1.0, map[string]any{"q": true, "b": nil}}, "n": map[string]any{"y": 1.0, "b": 2.0}}}
+	recs, err := r.run(&c, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := docOf(t, recs[0]); d["json"] != `{"_id":"x","a":[1,{"b":null,"q":true}],"n":{"b":2,"y":1},"z":1}` {
+		t.Fatalf("without text: %v", d)
+	}
+}
+
+// A transform may return doc itself, or parts of it, keeping their order.
+func TestTransformReturnsDoc(t *testing.T) {
+	r := newTestRunner(t, `function transform(doc) { doc.extra = [doc.n]; return [doc, doc.n]; }`, time.Second)
+	raw := `{"_id":"x","z":[1,{"b":1,"a":2}],"n":{"y":1,"_id":"n"}}`
+	c := Change{ID: "x"}
+	if err := json.Unmarshal([]byte(raw), &c.Doc); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := r.run(&c, []byte(raw), nil)
+	if err != nil || len(recs) != 2 {
+		t.Fatal(recs, err)
+	}
+	if got := string(recs[0].Doc.(json.RawMessage)); got != `{"_id":"x","z":[1,{"b":1,"a":2}],"n":{"y":1,"_id":"n"},"extra":[{"_id":"n","y":1}]}` { // a stored copy is a Go map: sorted
+		t.Errorf("doc: %s", got)
+	}
+	if got := string(recs[1].Doc.(json.RawMessage)); got != `{"y":1,"_id":"n"}` || recs[1].ID != "n" {
+		t.Errorf("doc.n: %s %s", recs[1].ID, got)
 	}
 }

@@ -260,9 +260,16 @@ type changeInfo struct {
 
 // run calls transform(doc, change) and returns the records it made: none
 // (null or undefined), one (an object) or several (an array of objects).
-func (r *jsRunner) run(c *Change, out []Record) ([]Record, error) {
+//
+// doc presents c.Doc with its keys in the order of raw, the document's JSON
+// text (sorted when raw is nil).
+func (r *jsRunner) run(c *Change, raw []byte, out []Record) ([]Record, error) {
+	var doc goja.Value = goja.Null()
+	if c.Doc != nil {
+		doc = newDocObject(r.vm, c.Doc, func() []byte { return raw })
+	}
 	r.guard.begin()
-	res, err := r.fn(goja.Undefined(), r.vm.ToValue(c.Doc), r.vm.ToValue(changeInfo{ID: c.ID, Seq: c.Seq, Rev: c.Rev, Deleted: c.Deleted}))
+	res, err := r.fn(goja.Undefined(), doc, r.vm.ToValue(changeInfo{ID: c.ID, Seq: c.Seq, Rev: c.Rev, Deleted: c.Deleted}))
 	r.guard.end()
 	if err != nil {
 		if r.guard.stopped != 0 {

@@ -115,3 +115,75 @@ func skipValue(b []byte, i int) int {
 	}
 	return j
 }
+
+// Members calls fn with the key (as written, quotes included) and value of
+// each member of obj, a JSON object, in order, until fn returns false. It
+// returns false if obj is not a well-formed object.
+func Members(obj []byte, fn func(key, val []byte) bool) bool {
+	b := bytes.TrimSpace(obj)
+	if len(b) < 2 || b[0] != '{' {
+		return false
+	}
+	i := 1
+	for {
+		i = skipSpace(b, i)
+		if i >= len(b) {
+			return false
+		}
+		if b[i] == '}' {
+			return true
+		}
+		if b[i] == ',' {
+			i = skipSpace(b, i+1)
+		}
+		ks := i
+		ke := skipString(b, i)
+		if ke < 0 {
+			return false
+		}
+		j := skipSpace(b, ke)
+		if j >= len(b) || b[j] != ':' {
+			return false
+		}
+		vs := skipSpace(b, j+1)
+		ve := skipValue(b, vs)
+		if ve < 0 {
+			return false
+		}
+		if !fn(b[ks:ke], b[vs:ve]) {
+			return true
+		}
+		i = ve
+	}
+}
+
+// Elements calls fn with each element of arr, a JSON array, in order,
+// until fn returns false. It returns false if arr is not a well-formed
+// array.
+func Elements(arr []byte, fn func(val []byte) bool) bool {
+	b := bytes.TrimSpace(arr)
+	if len(b) < 2 || b[0] != '[' {
+		return false
+	}
+	i := 1
+	for {
+		i = skipSpace(b, i)
+		if i >= len(b) {
+			return false
+		}
+		if b[i] == ']' {
+			return true
+		}
+		if b[i] == ',' {
+			i = skipSpace(b, i+1)
+		}
+		ve := skipValue(b, i)
+		if ve < 0 {
+			return false
+		}
+		if !fn(b[i:ve]) {
+			return true
+		}
+		i = ve
+	}
+}
