@@ -47,20 +47,20 @@ const freezeJS = `(function () {
     }
     return "";
   };
-  function freeze(o) {
+  function freeze(o, check) {
     if (o === null || (typeof o !== "object" && typeof o !== "function") || seen.has(o)) return "";
     seen.add(o);
-    const what = kind(o);
+    const what = check ? kind(o) : "";
     if (what) return what;
     Object.freeze(o);
-    for (const k of Reflect.ownKeys(o)) {
-      const d = Object.getOwnPropertyDescriptor(o, k);
-      for (const v of d ? [d.value, d.get, d.set] : []) {
-        const m = freeze(v);
-        if (m) return m;
-      }
+    const keys = Reflect.ownKeys(o);
+    for (let i = 0; i < keys.length; i++) {
+      const d = Object.getOwnPropertyDescriptor(o, keys[i]);
+      if (!d) continue;
+      const m = freeze(d.value, check) || freeze(d.get, check) || freeze(d.set, check);
+      if (m) return m;
     }
-    return freeze(Object.getPrototypeOf(o));
+    return freeze(Object.getPrototypeOf(o), check);
   }
   const intrinsics = [
     "Object", "Function", "Array", "String", "Number", "BigInt", "RegExp", "Date", "Boolean", "Proxy", "Reflect",
@@ -85,9 +85,9 @@ const freezeJS = `(function () {
     () => proto((function () { return arguments; })()),
   ];
   return function (root) {
-    for (const o of intrinsics) freeze(o);
-    for (const f of hidden) { try { freeze(f()); } catch (e) {} }
-    return freeze(root);
+    for (const o of intrinsics) freeze(o, false);
+    for (const f of hidden) { try { freeze(f(), false); } catch (e) {} }
+    return freeze(root, true);
   };
 })()`
 
