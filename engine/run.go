@@ -508,7 +508,17 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 			}
 		}
 		if w.transform == nil {
-			recs = append(recs, Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Doc: c.Doc})
+			var doc any = c.Doc
+			if raw != nil {
+				// As the feed sent it, as without a filter.
+				b, err := passthrough(raw)
+				if err != nil {
+					fail(c, "decode", err)
+					continue
+				}
+				doc = b
+			}
+			recs = append(recs, Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Doc: doc})
 			continue
 		}
 		n := len(recs)

@@ -765,3 +765,18 @@ func TestRunPassesRawDocumentsExactly(t *testing.T) {
 		t.Errorf("failed: %v", ids)
 	}
 }
+
+// With a filter and no transform, a kept document passes as sent too.
+func TestRunFilterOnlyPassesRawDocuments(t *testing.T) {
+	sink := &memSink{}
+	s := testSpec(t, `doc.keep`, "", feed(
+		Change{ID: "a", Rev: "1-a", RawDoc: []byte(`{"_id":"a","keep":true,"n":9007199254740993}`)},
+		Change{ID: "b", Rev: "1-a", RawDoc: []byte(`{"_id":"b","keep":false}`)},
+	), sink)
+	s.SkipDeletes = true
+	runToEnd(t, s, RunOptions{})
+	got := sink.raw()
+	if len(got) != 1 || string(got[0].Doc.(json.RawMessage)) != `{"_id":"a","keep":true,"n":9007199254740993}` {
+		t.Fatalf("records = %+v", got)
+	}
+}
