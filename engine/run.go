@@ -445,14 +445,6 @@ func (p *Pillow) process(ws []*worker, b *batch) {
 func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Failure, filtered int) {
 	s := p.Spec
 	recs = make([]Record, 0, len(cs))
-	if w.transform != nil {
-		// One thread for the chunk's calls, whose CPU time the guard reads.
-		w.transform.guard.pin(lockThreadClock())
-		defer func() {
-			w.transform.guard.unpin()
-			unlockThreadClock()
-		}()
-	}
 	fail := func(c *Change, stage string, err error) {
 		fails = append(fails, Failure{Pillow: s.Name, Hash: s.Hash, Change: *c, Stage: stage, Err: err, Time: time.Now()})
 	}

@@ -212,7 +212,6 @@ func (r *jsRunner) reset() {
 	if err != nil {
 		return // it loaded before; keep the old runtime
 	}
-	nr.guard.pinned, nr.guard.clock = r.guard.pinned, r.guard.clock
 	*r = *nr
 	runtime.GC()
 }
