@@ -36,6 +36,11 @@ func (d *docObject) Get(key string) goja.Value {
 	if !ok {
 		return nil
 	}
+	switch v.(type) {
+	case map[string]any, []any:
+	default:
+		return d.vm.ToValue(v)
+	}
 	var raw func() []byte
 	if d.raw != nil {
 		raw = func() []byte { return member(d.raw(), key) }
@@ -136,6 +141,11 @@ func (a *docArray) Get(i int) goja.Value {
 	}
 	if v, ok := a.kids[i]; ok {
 		return v
+	}
+	switch a.s[i].(type) {
+	case map[string]any, []any:
+	default:
+		return a.vm.ToValue(a.s[i])
 	}
 	var raw func() []byte
 	if a.raw != nil {
