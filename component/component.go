@@ -51,7 +51,12 @@ type Record struct {
 	Rev    string // the source document's revision ("3-abc")
 	Seq    string // the change's sequence id
 	Delete bool
-	Doc    any // what the transform returned (nil for deletes)
+	// Doc is the record's content, nil for deletes. From the engine it
+	// is a json.RawMessage holding a JSON object: the document as the
+	// feed sent it (no transform; numbers exact), or what the transform
+	// returned, encoded as JSON.stringify would (its key order kept).
+	// Other producers (tests, tools) may give a map[string]any.
+	Doc any
 }
 
 // Source reads a changes feed.

@@ -38,11 +38,11 @@ const benchTransform = `function transform(doc, change) {
 func BenchmarkProcess(b *testing.B) {
 	for _, raw := range []bool{false, true} {
 		b.Run(map[bool]string{false: "decoded", true: "raw"}[raw], func(b *testing.B) {
-			f, err := compileFilter(benchFilter)
+			f, err := compileFilter(benchFilter, 256<<20)
 			if err != nil {
 				b.Fatal(err)
 			}
-			tr, err := compileTransform("bench.js", scriptLoc{}, benchTransform, time.Second, false)
+			tr, err := compileTransform("bench.js", scriptLoc{}, benchTransform, jsLimits{Timeout: time.Second, Memory: 256 << 20, Stack: 1000}, false)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -115,10 +115,10 @@ func BenchmarkRun(b *testing.B) {
 			s.Name = "bench"
 			s.Batch = Batch{Size: 500, Wait: Duration(100 * time.Millisecond)}
 			var err error
-			if s.filter, err = compileFilter(benchFilter); err != nil {
+			if s.filter, err = compileFilter(benchFilter, s.TransformMemory); err != nil {
 				b.Fatal(err)
 			}
-			if s.transform, err = compileTransform("bench.js", scriptLoc{}, benchTransform, time.Second, false); err != nil {
+			if s.transform, err = compileTransform("bench.js", scriptLoc{}, benchTransform, s.jsLimits(), false); err != nil {
 				b.Fatal(err)
 			}
 			raws := make([][]byte, 500)

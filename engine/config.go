@@ -28,7 +28,9 @@ type Config struct {
 	// Transform is JavaScript defining function transform(doc, change).
 	Transform        string      `yaml:"transform" ptop:"raw" doc:"JavaScript defining function transform(doc, change), returning a record, an array of records or null. Set this or transform_file, not both."`
 	TransformFile    string      `yaml:"transform_file" doc:"A JavaScript file defining transform(doc, change), relative to the pillow file: a regular UTF-8 file of at most 4 MiB. Set this or transform, not both."`
-	TransformTimeout Duration    `yaml:"transform_timeout" doc:"Time limit of one transform call (default 1s); a call that runs longer fails its change."`
+	TransformTimeout Duration    `yaml:"transform_timeout" doc:"CPU time limit of one transform call (default 1s); a call that uses more fails its change. Time the process was stopped or waiting for a CPU does not count."`
+	TransformMemory  ByteSize    `yaml:"transform_memory" doc:"Memory one transform call may use (default 256MiB): the heap it grows, and the largest string, array or buffer one built-in may make; a call that uses more fails its change."`
+	TransformStack   int         `yaml:"transform_stack" doc:"Deepest call stack of a transform, in calls (default 1000); deeper recursion fails its change."`
 	Batch            Batch       `yaml:"batch" doc:"When a batch is written: at size changes, or wait after its first change, whichever comes first."`
 	Sinks            []SinkBlock `yaml:"sinks" ptop:"required" doc:"Where records go: a list of one-key objects, each a sink type with its settings. At least one."`
 	// Errors says how failed changes are retried.
@@ -78,9 +80,16 @@ func (b *Batch) Validate(ch *Check) {
 	}
 }
 
+// jsLimits are the limits of one transform call.
+func (c *Config) jsLimits() jsLimits {
+	return jsLimits{Timeout: c.TransformTimeout.D(), Memory: c.TransformMemory, Stack: c.TransformStack}
+}
+
 // SetDefaults implements Defaulter.
 func (c *Config) SetDefaults() {
 	c.TransformTimeout = Duration(time.Second)
+	c.TransformMemory = 256 << 20
+	c.TransformStack = 1000
 	c.Batch = Batch{Size: 500, Wait: Duration(100 * time.Millisecond)}
 	c.Errors = RetryPolicy{MaxAttempts: 8, Backoff: Duration(30 * time.Second), MaxBackoff: Duration(6 * time.Hour), Poll: Duration(5 * time.Second)}
 }
@@ -132,6 +141,12 @@ func (c *Config) Validate(ch *Check) {
 	}
 	if c.TransformTimeout <= 0 && ch.Has("transform_timeout") {
 		ch.Errorf("transform_timeout", "transform_timeout must be positive, got %s", c.TransformTimeout)
+	}
+	if c.TransformMemory < 1<<20 && ch.Has("transform_memory") {
+		ch.Errorf("transform_memory", "transform_memory must be at least 1MiB, got %s", c.TransformMemory)
+	}
+	if c.TransformStack < 10 && ch.Has("transform_stack") {
+		ch.Errorf("transform_stack", "transform_stack must be at least 10, got %d", c.TransformStack)
 	}
 	if c.Workers < 0 {
 		ch.Errorf("workers", "workers must be 0 (one per CPU) or more, got %d", c.Workers)
@@ -508,7 +523,7 @@ func parse(path string, data []byte, po parseOptions) (*Spec, error) {
 	h.Write(data)
 	dir := filepath.Dir(path)
 	if s.Filter != "" {
-		f, err := compileFilter(s.Filter)
+		f, err := compileFilter(s.Filter, s.TransformMemory)
 		if err != nil {
 			errs.Append(NodePos(path, keys["filter"]), scriptError(path, locateScript(data, keys["filter"]), err, false))
 		}
@@ -516,7 +531,7 @@ func parse(path string, data []byte, po parseOptions) (*Spec, error) {
 	}
 	if n := keys["transform"]; n != nil && s.Transform != "" {
 		loc := locateScript(data, n)
-		t, err := compileTransform(path, loc, loc.pad(s.Transform), s.TransformTimeout.D(), false)
+		t, err := compileTransform(path, loc, loc.pad(s.Transform), s.jsLimits(), false)
 		if err != nil {
 			errs.Append(NodePos(path, n), scriptError(path, loc, err, true))
 		}
@@ -531,7 +546,7 @@ func parse(path string, data []byte, po parseOptions) (*Spec, error) {
 			errs.Add(NodePos(path, keys["transform_file"]), "transform_file %q: %v", s.TransformFile, unwrapPathErr(err))
 		} else {
 			h.Write(b)
-			t, err := compileTransform(file, scriptLoc{}, string(b), s.TransformTimeout.D(), true)
+			t, err := compileTransform(file, scriptLoc{}, string(b), s.jsLimits(), true)
 			if err != nil {
 				errs.Append(Pos{File: file}, scriptError(file, scriptLoc{}, err, false))
 			}

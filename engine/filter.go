@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"unicode/utf8"
 
@@ -34,8 +35,11 @@ type scriptErr struct {
 
 func (e *scriptErr) Error() string { return fmt.Sprintf("%d:%d: %s", e.Line, e.Col, e.Msg) }
 
-func compileFilter(src string) (*filter, error) {
-	prog, err := expr.Compile(src, expr.Env(FilterEnv{}), expr.AsBool())
+// compileFilter compiles src; the strings it builds may be up to memory
+// bytes long.
+func compileFilter(src string, memory ByteSize) (*filter, error) {
+	opts := append([]expr.Option{expr.Env(FilterEnv{}), expr.AsBool()}, filterGuards(int64(memory))...)
+	prog, err := expr.Compile(src, opts...)
 	if err != nil {
 		var fe *file.Error
 		if errors.As(err, &fe) {
@@ -58,6 +62,11 @@ func (r *filterRunner) match(c *Change) (bool, error) {
 	out, err := r.vm.Run(r.f.prog, &r.env)
 	r.env.Doc = nil
 	if err != nil {
+		if strings.Contains(err.Error(), stringBudgetMsg) {
+			// The VM's stack still holds the strings built so far.
+			r.vm = vm.VM{}
+			runtime.GC()
+		}
 		return false, fmt.Errorf("filter: %w", err)
 	}
 	b, _ := out.(bool)

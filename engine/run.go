@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/dimagi/ptop/component"
 	json "github.com/goccy/go-json"
@@ -688,12 +690,24 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 			fail(c, "source", errors.New("the change has no document (the feed row has no doc)"))
 			continue
 		}
+		if w.filter == nil && w.transform == nil && c.Doc == nil && c.RawDoc != nil {
+			// Passed through as the feed sent it: big and precise numbers,
+			// key order and all, are the sink's to write exactly.
+			raw, err := passthrough(c.RawDoc)
+			if err != nil {
+				fail(c, "decode", err)
+				continue
+			}
+			recs = append(recs, Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Doc: raw})
+			continue
+		}
+		var raw []byte // the document's text, for the order of doc's keys
 		if c.Doc == nil && c.RawDoc != nil {
 			if err := json.Unmarshal(c.RawDoc, &c.Doc); err != nil {
 				fail(c, "decode", fmt.Errorf("decoding the document: %w", err))
 				continue
 			}
-			c.RawDoc = nil
+			raw, c.RawDoc = c.RawDoc, nil
 		}
 		if w.filter != nil {
 			ok, err := w.filter.match(c)
@@ -707,17 +721,45 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 			}
 		}
 		if w.transform == nil {
-			recs = append(recs, Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Doc: c.Doc})
+			var doc any = c.Doc
+			if raw != nil {
+				// As the feed sent it, as without a filter.
+				b, err := passthrough(raw)
+				if err != nil {
+					fail(c, "decode", err)
+					continue
+				}
+				doc = b
+			}
+			recs = append(recs, Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Doc: doc})
 			continue
 		}
 		n := len(recs)
 		var err error
-		if recs, err = w.transform.run(c, recs); err != nil {
+		if recs, err = w.transform.run(c, raw, recs); err != nil {
 			recs = recs[:n]
 			fail(c, "transform", err)
 		}
 	}
 	return recs, fails, filtered
+}
+
+// passthrough returns a document's bytes as a record's content: a JSON
+// object, unchanged but for invalid UTF-8, which becomes U+FFFD as it
+// would through a decoder.
+func passthrough(raw []byte) (json.RawMessage, error) {
+	b := bytes.TrimSpace(raw)
+	if !utf8.Valid(b) {
+		b = bytes.ToValidUTF8(b, []byte("\uFFFD"))
+	}
+	if len(b) == 0 || b[0] != '{' || !json.Valid(b) {
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			return nil, fmt.Errorf("decoding the document: %w", err)
+		}
+		return nil, errors.New("decoding the document: not a JSON object")
+	}
+	return json.RawMessage(b), nil
 }
 
 // write hands a batch to every sink, retrying each until it acknowledges,

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -82,12 +83,18 @@ func (s *memSink) Write(_ context.Context, rs []Record) error {
 	return nil
 }
 
+// records returns what was written, the transform's records (JSON text)
+// decoded into maps; raw returns them as written.
 func (s *memSink) records() []Record {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var all []Record
-	for _, b := range s.batches {
-		all = append(all, b...)
+	all := s.raw()
+	for i := range all {
+		if b, ok := all[i].Doc.(json.RawMessage); ok && !all[i].Delete {
+			var m map[string]any
+			if err := json.Unmarshal(b, &m); err != nil {
+				panic(err)
+			}
+			all[i].Doc = m
+		}
 	}
 	return all
 }
@@ -187,14 +194,14 @@ func testSpec(t *testing.T, filterSrc, transformSrc string, src Source, sinks ..
 	s.Batch = Batch{Size: 3, Wait: Duration(20 * time.Millisecond)}
 	s.TransformTimeout = Duration(200 * time.Millisecond)
 	if filterSrc != "" {
-		f, err := compileFilter(filterSrc)
+		f, err := compileFilter(filterSrc, s.TransformMemory)
 		if err != nil {
 			t.Fatal(err)
 		}
 		s.filter = f
 	}
 	if transformSrc != "" {
-		tr, err := compileTransform("test.js", scriptLoc{}, transformSrc, s.TransformTimeout.D(), false)
+		tr, err := compileTransform("test.js", scriptLoc{}, transformSrc, s.jsLimits(), false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -328,7 +335,7 @@ func TestTransformGlobalsDoNotLeak(t *testing.T) {
 	}
 	for _, r := range got {
 		d := r.Doc.(map[string]any)
-		if d["n"] != int64(0) || d["seen"] != int64(0) || d["polluted"] != false {
+		if d["n"] != 0.0 || d["seen"] != 0.0 || d["polluted"] != false {
 			t.Fatalf("state leaked between documents: %v", d)
 		}
 	}
@@ -359,7 +366,7 @@ func TestTransformTimeoutAndErrors(t *testing.T) {
 		t.Fatalf("failures: %v", errs.fs)
 	}
 	for i, want := range []string{
-		"transform: timed out after 200ms",
+		"transform: timed out after 200ms of CPU time",
 		"transform: Error: bad doc throw (at test.js:4:25)",
 		"transform: returned a number; return an object, an array of objects, or null",
 	} {
@@ -875,3 +882,60 @@ type guardSink struct{ memSink }
 
 // nowSource resolves its start to "40".
 type nowSource struct{ chanSource }
+
+func (s *memSink) raw() []Record {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var all []Record
+	for _, b := range s.batches {
+		all = append(all, b...)
+	}
+	return all
+}
+
+// Without filter or transform, a document read raw passes as the feed sent
+// it: numbers beyond float64 and key order intact; invalid UTF-8 becomes
+// U+FFFD; a row that is not a JSON object fails its change.
+func TestRunPassesRawDocumentsExactly(t *testing.T) {
+	sink := &memSink{}
+	errs := &memErrors{}
+	raw := func(id, s string) Change { return Change{ID: id, Rev: "1-a", RawDoc: []byte(s)} }
+	s := testSpec(t, "", "", feed(
+		raw("big", `{"_id":"big","z":12345678901234567890123,"a":9007199254740993,"f":1.0000000000000000001}`),
+		raw("utf8", "{\"_id\":\"utf8\",\"s\":\"a\xffb\",\"u\":\"\\ud800\"}"),
+		raw("bad", `{"_id":"bad",`),
+		raw("array", `[1]`),
+	), sink)
+	s.SkipDeletes = true
+	runToEnd(t, s, RunOptions{Errors: errs})
+	got := sink.raw()
+	if len(got) != 2 {
+		t.Fatalf("records = %+v", got)
+	}
+	for i, want := range []string{
+		`{"_id":"big","z":12345678901234567890123,"a":9007199254740993,"f":1.0000000000000000001}`,
+		"{\"_id\":\"utf8\",\"s\":\"a\uFFFDb\",\"u\":\"\\ud800\"}",
+	} {
+		if b, ok := got[i].Doc.(json.RawMessage); !ok || string(b) != want {
+			t.Errorf("record %d: %T %s, want %s", i, got[i].Doc, got[i].Doc, want)
+		}
+	}
+	if ids := errs.ids(); !reflect.DeepEqual(ids, []string{"bad:decode", "array:decode"}) {
+		t.Errorf("failed: %v", ids)
+	}
+}
+
+// With a filter and no transform, a kept document passes as sent too.
+func TestRunFilterOnlyPassesRawDocuments(t *testing.T) {
+	sink := &memSink{}
+	s := testSpec(t, `doc.keep`, "", feed(
+		Change{ID: "a", Rev: "1-a", RawDoc: []byte(`{"_id":"a","keep":true,"n":9007199254740993}`)},
+		Change{ID: "b", Rev: "1-a", RawDoc: []byte(`{"_id":"b","keep":false}`)},
+	), sink)
+	s.SkipDeletes = true
+	runToEnd(t, s, RunOptions{})
+	got := sink.raw()
+	if len(got) != 1 || string(got[0].Doc.(json.RawMessage)) != `{"_id":"a","keep":true,"n":9007199254740993}` {
+		t.Fatalf("records = %+v", got)
+	}
+}

@@ -25,6 +25,8 @@ const goDurationPattern = `^[-+]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)
 
 var stdDurationType = reflect.TypeOf(time.Duration(0))
 
+var byteSizeType = reflect.TypeOf(ByteSize(0))
+
 // Schema returns a JSON Schema (draft-07) of a pillow file, built from the
 // definitions the loader decodes with: Config's fields and, for source,
 // sinks and checkpoint, one alternative per registered type with its
@@ -85,6 +87,15 @@ func (g *schemaGen) of(t reflect.Type, def reflect.Value, expand bool) map[strin
 			map[string]any{"type": "string", "pattern": goDurationPattern + "|" + envPattern},
 			map[string]any{"type": "integer"},
 		}}
+	case byteSizeType:
+		s := map[string]any{"anyOf": []any{
+			map[string]any{"type": "string", "pattern": `^\s*\d+\s*(GiB|MiB|KiB|GB|MB|KB|kB|B)?\s*$|` + envPattern},
+			map[string]any{"type": "integer", "minimum": 0},
+		}}
+		if def.IsValid() && def.Int() != 0 {
+			s["default"] = strings.ReplaceAll(ByteSize(def.Int()).String(), " ", "")
+		}
+		return s
 	case durationType:
 		s := map[string]any{"anyOf": []any{
 			map[string]any{"type": "string", "pattern": durationPattern + "|" + envPattern},

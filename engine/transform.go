@@ -3,9 +3,9 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/dop251/goja"
 	"github.com/dop251/goja/ast"
@@ -16,11 +16,11 @@ import (
 // Transform is a compiled JavaScript transform, shared by the workers of a
 // pillow; each worker runs it in a runtime of its own.
 type Transform struct {
-	file    string
-	loc     scriptLoc // where the script stands in file
-	prog    *goja.Program
-	consts  []string // top-level const and class names, frozen after load
-	timeout time.Duration
+	file   string
+	loc    scriptLoc // where the script stands in file
+	prog   *goja.Program
+	consts []constDecl // top-level consts and classes, frozen after load
+	limits jsLimits
 	// quiet: the script comes from a file that may not be JavaScript at
 	// all (a secret named by mistake), so load errors quote none of it.
 	quiet bool
@@ -28,21 +28,71 @@ type Transform struct {
 
 // The sandbox has only the language's built-ins: no require, no file,
 // network or process access. After the script has run once, every object
-// reachable from its globals is frozen, so nothing a call does can be seen
-// by the next one.
+// reachable from its globals and top-level constants is frozen, and so is
+// every intrinsic, the hidden ones too (iterator, generator and typed-array
+// prototypes, which goja creates lazily: they are touched first). The
+// script runs in strict mode, so an assignment to a frozen object throws
+// and fails that change: nothing a call does can be seen by the next one.
+// A top-level Map, Set, WeakMap, WeakSet, Date or typed array cannot be
+// frozen (its contents stay mutable): the freezer reports it instead.
 const freezeJS = `(function () {
+  "use strict";
   const seen = new Set();
-  function freeze(o) {
-    if (o === null || (typeof o !== "object" && typeof o !== "function") || seen.has(o)) return;
-    seen.add(o);
-    Object.freeze(o);
-    for (const k of Reflect.ownKeys(o)) {
-      const d = Object.getOwnPropertyDescriptor(o, k);
-      if (d && "value" in d) freeze(d.value);
+  // Brand checks, taken before the script runs: each throws unless its
+  // argument has the internal slots of its kind.
+  const getter = (c, k) => Object.getOwnPropertyDescriptor(c.prototype, k).get;
+  const mutable = [[Map.prototype.has, "a Map"], [Set.prototype.has, "a Set"], [WeakMap.prototype.has, "a WeakMap"],
+    [WeakSet.prototype.has, "a WeakSet"], [Date.prototype.getTime, "a Date"], [getter(ArrayBuffer, "byteLength"), "an ArrayBuffer"],
+    [getter(DataView, "byteLength"), "a DataView"], [getter(Object.getPrototypeOf(Uint8Array), "length"), "a typed array"]];
+  const apply = Reflect.apply;
+  const kind = (o) => {
+    for (const [f, what] of mutable) {
+      try { apply(f, o, []); return what; } catch (e) {}
     }
-    freeze(Object.getPrototypeOf(o));
+    return "";
+  };
+  function freeze(o, check) {
+    if (o === null || (typeof o !== "object" && typeof o !== "function") || seen.has(o)) return "";
+    seen.add(o);
+    const what = check ? kind(o) : "";
+    if (what) return what;
+    Object.freeze(o);
+    const keys = Reflect.ownKeys(o);
+    for (let i = 0; i < keys.length; i++) {
+      const d = Object.getOwnPropertyDescriptor(o, keys[i]);
+      if (!d) continue;
+      const m = freeze(d.value, check) || freeze(d.get, check) || freeze(d.set, check);
+      if (m) return m;
+    }
+    return freeze(Object.getPrototypeOf(o), check);
   }
-  return freeze;
+  const intrinsics = [
+    "Object", "Function", "Array", "String", "Number", "BigInt", "RegExp", "Date", "Boolean", "Proxy", "Reflect",
+    "Error", "AggregateError", "TypeError", "ReferenceError", "SyntaxError", "RangeError", "EvalError", "URIError",
+    "Math", "JSON", "ArrayBuffer", "DataView", "Uint8Array", "Uint8ClampedArray", "Int8Array", "Uint16Array",
+    "Int16Array", "Uint32Array", "Int32Array", "Float32Array", "Float64Array", "BigInt64Array", "BigUint64Array",
+    "Symbol", "WeakSet", "WeakMap", "Map", "Set", "Promise", "globalThis", "eval", "isNaN", "parseInt", "parseFloat",
+    "isFinite", "decodeURI", "decodeURIComponent", "encodeURI", "encodeURIComponent", "escape", "unescape",
+  ].filter((n) => typeof globalThis[n] !== "undefined").map((n) => {
+    // goja creates the global object's built-ins lazily and Object.freeze
+    // misses them: pin each one now, before the script runs.
+    const v = globalThis[n];
+    if (n !== "globalThis") Object.defineProperty(globalThis, n, { value: v, writable: false, enumerable: false, configurable: false });
+    return v;
+  }).filter((v) => v !== globalThis);
+  const proto = Object.getPrototypeOf;
+  const hidden = [
+    () => proto([][Symbol.iterator]()), () => proto(new Map()[Symbol.iterator]()), () => proto(new Set()[Symbol.iterator]()),
+    () => proto(""[Symbol.iterator]()), () => proto("a".matchAll(/a/g)), () => proto(function* () {}),
+    () => proto(function* () {}).prototype, () => proto(async function () {}),
+    () => proto(Uint8Array), () => proto(Promise.resolve()),
+    () => proto((function () { return arguments; })()),
+  ];
+  return function (root) {
+    for (const o of intrinsics) freeze(o, false);
+    for (const f of hidden) { try { freeze(f(), false); } catch (e) {} }
+    return freeze(root, true);
+  };
 })()`
 
 // compileTransform parses and compiles src, written in file at loc (and
@@ -52,7 +102,7 @@ const freezeJS = `(function () {
 // With quiet (a transform_file), load errors give their position and kind
 // but no text of the script: a file that is not JavaScript would have its
 // first word echoed ("ReferenceError: sk_live_… is not defined").
-func compileTransform(file string, loc scriptLoc, src string, timeout time.Duration, quiet bool) (*Transform, error) {
+func compileTransform(file string, loc scriptLoc, src string, limits jsLimits, quiet bool) (*Transform, error) {
 	prg, err := parser.ParseFile(nil, file, src, 0)
 	if err != nil {
 		var el parser.ErrorList
@@ -70,7 +120,7 @@ func compileTransform(file string, loc scriptLoc, src string, timeout time.Durat
 		}
 		return nil, &scriptErr{Line: 1, Col: 1, Msg: "transform: " + err.Error()}
 	}
-	t := &Transform{file: file, loc: loc, timeout: timeout, quiet: quiet}
+	t := &Transform{file: file, loc: loc, limits: limits, quiet: quiet}
 	for _, st := range prg.Body {
 		switch st := st.(type) {
 		case *ast.LexicalDeclaration:
@@ -80,12 +130,14 @@ func compileTransform(file string, loc scriptLoc, src string, timeout time.Durat
 			}
 			for _, b := range st.List {
 				if id, ok := b.Target.(*ast.Identifier); ok {
-					t.consts = append(t.consts, id.Name.String())
+					p := prg.File.Position(int(id.Idx) - 1)
+					t.consts = append(t.consts, constDecl{id.Name.String(), p.Line, p.Column})
 				}
 			}
 		case *ast.ClassDeclaration:
 			if st.Class.Name != nil {
-				t.consts = append(t.consts, st.Class.Name.Name.String())
+				p := prg.File.Position(int(st.Class.Name.Idx) - 1)
+				t.consts = append(t.consts, constDecl{st.Class.Name.Name.String(), p.Line, p.Column})
 			}
 		}
 	}
@@ -149,19 +201,36 @@ func safeParseMessage(msg string) bool {
 	return strings.HasPrefix(msg, "Unexpected ") && !strings.ContainsAny(msg, "'\"`")
 }
 
+// constDecl is a top-level const or class of the script, where declared.
+type constDecl struct {
+	name      string
+	line, col int
+}
+
 // jsRunner calls the transform in a runtime of its own; one per worker.
 type jsRunner struct {
-	t  *Transform
-	vm *goja.Runtime
-	fn goja.Callable
+	t     *Transform
+	vm    *goja.Runtime
+	fn    goja.Callable
+	guard *callGuard
+	w     recordWriter
 }
 
 func (t *Transform) newRunner() (*jsRunner, error) {
 	vm := goja.New()
 	vm.SetFieldNameMapper(goja.TagFieldNameMapper("json", true))
-	timer := time.AfterFunc(t.timeout, func() { vm.Interrupt("timeout") })
-	_, err := vm.RunProgram(t.prog)
-	timer.Stop()
+	if err := installGuards(vm, t.limits); err != nil {
+		return nil, fmt.Errorf("transform: sandbox: %v", err)
+	}
+	freezeV, err := vm.RunString(freezeJS)
+	if err != nil {
+		return nil, fmt.Errorf("transform: sandbox: %v", err)
+	}
+	freeze, _ := goja.AssertFunction(freezeV)
+	guard := newCallGuard(vm, t.limits)
+	guard.begin()
+	_, err = vm.RunProgram(t.prog)
+	guard.end()
 	if err != nil {
 		return nil, errors.New("transform: the script failed when loaded: " + t.jsError(err))
 	}
@@ -169,24 +238,43 @@ func (t *Transform) newRunner() (*jsRunner, error) {
 	if !ok {
 		return nil, errors.New("transform: the script must define function transform(doc, change)")
 	}
-	freezeV, err := vm.RunString(freezeJS)
-	if err != nil {
-		return nil, fmt.Errorf("transform: sandbox: %v", err)
+	type root struct {
+		v goja.Value
+		c *constDecl
 	}
-	freeze, _ := goja.AssertFunction(freezeV)
-	roots := []goja.Value{vm.GlobalObject()}
-	for _, name := range t.consts {
-		v, err := vm.RunString(name)
+	roots := []root{{v: vm.GlobalObject()}}
+	for i, c := range t.consts {
+		v, err := vm.RunString(c.name)
 		if err == nil {
-			roots = append(roots, v)
+			roots = append(roots, root{v, &t.consts[i]})
 		}
 	}
 	for _, r := range roots {
-		if _, err := freeze(goja.Undefined(), r); err != nil {
+		m, err := freeze(goja.Undefined(), r.v)
+		if err != nil {
 			return nil, fmt.Errorf("transform: sandbox: %v", err)
 		}
+		if what := m.String(); what != "" {
+			msg := fmt.Sprintf("transform: a top-level value holds %s, which cannot be frozen and would carry state from one document to the next; create it inside transform()", what)
+			if r.c == nil {
+				return nil, errors.New(msg)
+			}
+			return nil, &scriptErr{Line: r.c.line, Col: r.c.col, Msg: fmt.Sprintf("transform: const %s holds %s, which cannot be frozen and would carry state from one document to the next; create it inside transform()", r.c.name, what)}
+		}
 	}
-	return &jsRunner{t: t, vm: vm, fn: fn}, nil
+	return &jsRunner{t: t, vm: vm, fn: fn, guard: guard}, nil
+}
+
+// reset replaces the runtime of a call the guard stopped: the stopped
+// call's values (a huge string) stay referenced from the runtime's stack,
+// so that no GC could free them while the runtime lives.
+func (r *jsRunner) reset() {
+	nr, err := r.t.newRunner()
+	if err != nil {
+		return // it loaded before; keep the old runtime
+	}
+	*r = *nr
+	runtime.GC()
 }
 
 // jsError describes an error thrown by the script, at the position in the
@@ -194,7 +282,17 @@ func (t *Transform) newRunner() (*jsRunner, error) {
 func (t *Transform) jsError(err error) string {
 	var ie *goja.InterruptedError
 	if errors.As(err, &ie) {
-		return fmt.Sprintf("timed out after %s", t.timeout)
+		switch ie.Value() {
+		case stopTimeout:
+			return fmt.Sprintf("timed out after %s of CPU time", t.limits.Timeout)
+		case stopMemory:
+			return memoryMessage(t.limits.Memory)
+		}
+		return "interrupted"
+	}
+	var so *goja.StackOverflowError
+	if errors.As(err, &so) {
+		return fmt.Sprintf("call stack exceeded %d frames (runaway recursion?)", t.limits.Stack)
 	}
 	var ex *goja.Exception
 	if !errors.As(err, &ex) {
@@ -230,53 +328,60 @@ type changeInfo struct {
 
 // run calls transform(doc, change) and returns the records it made: none
 // (null or undefined), one (an object) or several (an array of objects).
-func (r *jsRunner) run(c *Change, out []Record) ([]Record, error) {
-	timer := time.AfterFunc(r.t.timeout, func() { r.vm.Interrupt("timeout") })
-	res, err := r.fn(goja.Undefined(), r.vm.ToValue(c.Doc), r.vm.ToValue(changeInfo{ID: c.ID, Seq: c.Seq, Rev: c.Rev, Deleted: c.Deleted}))
-	if !timer.Stop() {
-		r.vm.ClearInterrupt()
+//
+// doc presents c.Doc with its keys in the order of raw, the document's JSON
+// text (sorted when raw is nil).
+func (r *jsRunner) run(c *Change, raw []byte, out []Record) ([]Record, error) {
+	var doc goja.Value = goja.Null()
+	if c.Doc != nil {
+		doc = newDocObject(r.vm, c.Doc, func() []byte { return raw })
 	}
+	r.guard.begin()
+	res, err := r.fn(goja.Undefined(), doc, r.vm.ToValue(changeInfo{ID: c.ID, Seq: c.Seq, Rev: c.Rev, Deleted: c.Deleted}))
+	r.guard.end()
 	if err != nil {
+		if r.guard.stopped != 0 {
+			r.reset()
+		}
 		return out, fmt.Errorf("transform: %s", r.t.jsError(err))
 	}
 	if res == nil || goja.IsUndefined(res) || goja.IsNull(res) {
 		return out, nil
 	}
-	switch x := res.Export().(type) {
-	case map[string]any:
-		return appendRecord(out, c, x, "")
-	case []any:
-		for i, item := range x {
-			if item == nil {
-				continue
-			}
-			m, ok := item.(map[string]any)
-			if !ok {
-				return out, fmt.Errorf("transform: item %d of the returned array is %s; return objects", i, jsTypeName(item))
-			}
-			var err error
-			if out, err = appendRecord(out, c, m, fmt.Sprintf("item %d: ", i)); err != nil {
-				return out, err
-			}
-		}
-		return out, nil
-	default:
-		return out, fmt.Errorf("transform: returned %s; return an object, an array of objects, or null", jsTypeName(x))
+	o, ok := res.(*goja.Object)
+	if !ok || (o.ClassName() != "Object" && o.ClassName() != "Array") {
+		return out, fmt.Errorf("transform: returned %s; return an object, an array of objects, or null", jsTypeOf(res))
 	}
+	if o.ClassName() == "Object" {
+		return r.appendRecord(out, c, o, "")
+	}
+	n := o.Get("length").ToInteger()
+	for i := int64(0); i < n; i++ {
+		item := o.Get(strconv.FormatInt(i, 10))
+		if item == nil || goja.IsUndefined(item) || goja.IsNull(item) {
+			continue
+		}
+		io, ok := item.(*goja.Object)
+		if !ok || io.ClassName() != "Object" {
+			return out, fmt.Errorf("transform: item %d of the returned array is %s; return objects", i, jsTypeOf(item))
+		}
+		var err error
+		if out, err = r.appendRecord(out, c, io, fmt.Sprintf("item %d: ", i)); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
 }
 
-func appendRecord(out []Record, c *Change, m map[string]any, where string) ([]Record, error) {
-	rec := Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Doc: m}
-	switch id := m["_id"].(type) {
-	case nil:
-	case string:
+// appendRecord encodes o, one record, and appends it to out.
+func (r *jsRunner) appendRecord(out []Record, c *Change, o *goja.Object, where string) ([]Record, error) {
+	doc, id, hasID, err := r.w.record(o)
+	if err != nil {
+		return out, fmt.Errorf("transform: %s%v", where, err)
+	}
+	rec := Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Doc: doc}
+	if hasID {
 		rec.ID = id
-	case int64:
-		rec.ID = strconv.FormatInt(id, 10)
-	case float64:
-		rec.ID = strconv.FormatFloat(id, 'f', -1, 64)
-	default:
-		return out, fmt.Errorf("transform: %s_id is %s; it must be a string", where, jsTypeName(id))
 	}
 	if rec.ID == "" {
 		return out, fmt.Errorf("transform: %s_id is empty", where)

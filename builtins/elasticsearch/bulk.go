@@ -29,6 +29,7 @@ type encoder struct {
 	maxID int // MaxIDBytes; tests raise it to see the server refuse
 
 	buf     bytes.Buffer
+	raw     []byte        // scratch for a passed-through document
 	json    *json.Encoder // into buf, each value followed by "\n"
 	line    []byte
 	scratch map[string]any // a record without its _id
@@ -87,6 +88,17 @@ func (e *encoder) append(r *engine.Record) error {
 		return nil
 	}
 	doc := r.Doc
+	if raw, ok := doc.(json.RawMessage); ok {
+		// A document passed through as sent: written as it is (its
+		// numbers exact), without its _id.
+		var ok bool
+		if e.raw, ok = jsonx.AppendObjectWithout(e.raw[:0], raw, "_id"); !ok {
+			return fmt.Errorf("a record must be a JSON object, got %.40s", bytes.TrimSpace(raw))
+		}
+		e.buf.Write(e.raw)
+		e.buf.WriteByte('\n')
+		return nil
+	}
 	if m, ok := doc.(map[string]any); ok {
 		if _, has := m["_id"]; has {
 			// Elasticsearch takes no _id inside a document. The record

@@ -414,3 +414,21 @@ func TestFakeEveryRecordTooLargeGoesToErrors(t *testing.T) {
 		t.Fatalf("Write: %v, want both records rejected", err)
 	}
 }
+
+// A document passed through as the feed sent it reaches the server with
+// its bytes: numbers exact, keys in order, without its _id.
+func TestFakeBulkPassesRawDocumentsExactly(t *testing.T) {
+	f, srv := newFake(t)
+	s := newTestSink(t, Config{URL: srv.URL, Index: "things"}, t.TempDir())
+	raw := stdjson.RawMessage(`{"_id":"a","z":12345678901234567890123,"_rev":"1-x","a":9007199254740993,"n":{"_id":1}}`)
+	if err := s.Write(testCtx(t), []engine.Record{{ID: "a", DocID: "a", Rev: "1-x", Doc: raw}}); err != nil {
+		t.Fatal(err)
+	}
+	rs := f.reqs()
+	if len(rs) != 1 || len(rs[0].docs) != 1 {
+		t.Fatalf("requests %+v", rs)
+	}
+	if want := `{"z":12345678901234567890123,"_rev":"1-x","a":9007199254740993,"n":{"_id":1}}`; rs[0].docs[0] != want {
+		t.Errorf("doc %s, want %s", rs[0].docs[0], want)
+	}
+}

@@ -39,7 +39,7 @@ func (s *printSink) Write(_ context.Context, records []component.Record) error {
 			fmt.Printf("%s%s deleted\n", s.prefix, r.ID)
 			continue
 		}
-		fmt.Printf("%s%s %v\n", s.prefix, r.ID, r.Doc)
+		fmt.Printf("%s%s %s\n", s.prefix, r.ID, r.Doc) // JSON text
 	}
 	return nil
 }
@@ -82,6 +82,6 @@ sinks:
 		fmt.Println(err)
 	}
 	// Output:
-	// case c1 map[name:ADA]
+	// case c1 {"name":"ADA"}
 	// case c2 deleted
 }

@@ -130,6 +130,17 @@ func head(i int, r *engine.Record) (row, error) {
 
 // fields returns a record's fields.
 func fields(r *engine.Record) (map[string]any, error) {
+	if raw, ok := r.Doc.(json.RawMessage); ok {
+		// A document passed through as sent: its numbers stay exact
+		// (json.Number) for numeric, bigint and json columns.
+		var doc map[string]any
+		d := json.NewDecoder(bytes.NewReader(raw))
+		d.UseNumber()
+		if err := d.Decode(&doc); err != nil || doc == nil {
+			return nil, fmt.Errorf("the record is not a JSON object: %v", err)
+		}
+		return doc, nil
+	}
 	doc, ok := r.Doc.(map[string]any)
 	if !ok {
 		return nil, fmt.Errorf("the record is %s, not an object", describe(r.Doc))

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	stdjson "encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -571,5 +572,28 @@ func TestColumnTypeAltered(t *testing.T) {
 		if len(got) != 2 || got[0][0] != int64(5e9) || got[1][0] != int64(6e9) {
 			t.Fatalf("%s: rows %v, want 5000000000 and 6000000000", round.name, got)
 		}
+	}
+}
+
+// A document passed through as the feed sent it (json.RawMessage) keeps
+// its numbers exact in numeric, bigint and jsonb columns and in doc.
+func TestRawDocumentNumbersExact(t *testing.T) {
+	t.Parallel()
+	pg := testenv.SharedPostgres(t)
+	dsn := pg.NewDatabase(t)
+	s := loadSink(t, fmt.Sprintf(`dsn: %q
+table: exact
+columns:
+  big: bigint
+  num: numeric
+  j: jsonb
+create: true
+`, dsn))
+	open(t, s)
+	raw := stdjson.RawMessage(`{"_id":"x","big":9007199254740993,"num":12345678901234567890123,"j":{"n":12345678901234567890123},"other":9007199254740993}`)
+	write(t, s, engine.Record{ID: "x", DocID: "x", Rev: "1-x", Doc: raw})
+	got := table(t, pg, dsn, `SELECT big, num::text, j::text, doc->>'other' FROM exact`)
+	if want := `9007199254740993|12345678901234567890123|{"n": 12345678901234567890123}|9007199254740993`; got != want {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
 	}
 }
