@@ -30,7 +30,9 @@ type Change struct {
 }
 
 // Record is one write to a sink: an index of a record the transform
-// returned, or a delete of a deleted document's records.
+// returned, or a delete of a record its document no longer produces (the
+// document was deleted, filtered out, or its transform returns other ids;
+// see RecordSets).
 type Record struct {
 	ID     string // the record's _id if the transform set one, else DocID
 	DocID  string // the source document's id

@@ -38,6 +38,10 @@ type RunOptions struct {
 	// NoRetries leaves the error store's entries to another run of the
 	// pillow: failures are recorded, but none is retried.
 	NoRetries bool
+	// RecordSets overrides where the record ids of each document are kept
+	// (see RecordSets); by default in the checkpoint store when it keeps
+	// them, else in memory.
+	RecordSets RecordSets
 	// DrainTimeout bounds the flush after ctx is cancelled: what is not
 	// written by then is not checkpointed either, and is read again on the
 	// next start. Default 10s.
@@ -61,7 +65,8 @@ type Pillow struct {
 	// transaction, if any: it is written last, with the checkpoint.
 	txSink string
 	errs   ErrorStore
-	reader DocReader // re-reads documents for retries; nil: no retries
+	sets   RecordSets // where documents' record ids are kept
+	reader DocReader  // re-reads documents for retries; nil: no retries
 	// failed holds the ids of documents with an entry in the error store,
 	// so that a later success clears it. Only the write stage uses it.
 	failed map[string]bool
@@ -130,6 +135,17 @@ func NewPillow(spec *Spec, opts RunOptions) *Pillow {
 	if p.cps == nil {
 		p.cps = spec.cps
 	}
+	p.sets = opts.RecordSets
+	if p.sets == nil {
+		if rs, ok := p.cps.(RecordSets); ok {
+			p.sets = rs
+		} else {
+			if p.cps != nil {
+				log.Warn("the checkpoint store keeps no record sets: they are kept in memory, and records a document stops producing before a restart stay in the sinks")
+			}
+			p.sets = &MemRecordSets{}
+		}
+	}
 	if p.cps != nil {
 		for _, o := range spec.outputs {
 			if ts, ok := o.Sink.(TransactionalSink); ok && ts.SharesStore(p.cps) {
@@ -145,6 +161,8 @@ func NewPillow(spec *Spec, opts RunOptions) *Pillow {
 type batch struct {
 	changes  []Change
 	records  []Record
+	touches  []touch // what each change left of its document, in order
+	sets     *docSets
 	failures []Failure
 	lastSeq  string
 	filtered int
@@ -401,10 +419,11 @@ const minChunk = 64
 func (p *Pillow) process(ws []*worker, b *batch) {
 	n := min(len(ws), (len(b.changes)+minChunk-1)/minChunk)
 	if n <= 1 {
-		b.records, b.failures, b.filtered = p.processChunk(ws[0], b.changes)
+		b.records, b.touches, b.failures, b.filtered = p.processChunk(ws[0], b.changes)
 	} else {
 		type part struct {
 			records  []Record
+			touches  []touch
 			failures []Failure
 			filtered int
 		}
@@ -417,7 +436,7 @@ func (p *Pillow) process(ws []*worker, b *batch) {
 			go func() {
 				defer wg.Done()
 				pt := &parts[i]
-				pt.records, pt.failures, pt.filtered = p.processChunk(ws[i], b.changes[lo:hi])
+				pt.records, pt.touches, pt.failures, pt.filtered = p.processChunk(ws[i], b.changes[lo:hi])
 			}()
 		}
 		wg.Wait()
@@ -428,6 +447,7 @@ func (p *Pillow) process(ws []*worker, b *batch) {
 		b.records = make([]Record, 0, total)
 		for _, pt := range parts {
 			b.records = append(b.records, pt.records...)
+			b.touches = append(b.touches, pt.touches...)
 			b.failures = append(b.failures, pt.failures...)
 			b.filtered += pt.filtered
 		}
@@ -440,9 +460,21 @@ func (p *Pillow) process(ws []*worker, b *batch) {
 	m.batchSize.WithLabelValues(name).Observe(float64(len(b.changes)))
 }
 
-func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Failure, filtered int) {
+func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, touches []touch, fails []Failure, filtered int) {
 	s := p.Spec
 	recs = make([]Record, 0, len(cs))
+	touches = make([]touch, 0, len(cs))
+	// left records that the change c left its document with: recs[from:].
+	left := func(c *Change, from int) {
+		t := touch{doc: c.ID, rev: c.Rev, seq: c.Seq}
+		if n := len(recs) - from; n > 0 {
+			t.ids = make([]string, n)
+			for i, r := range recs[from:] {
+				t.ids[i] = r.ID
+			}
+		}
+		touches = append(touches, t)
+	}
 	fail := func(c *Change, stage string, err error) {
 		fails = append(fails, Failure{Pillow: s.Name, Hash: s.Hash, Change: *c, Stage: stage, Err: err, Time: time.Now()})
 	}
@@ -460,6 +492,7 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 				filtered++
 			} else {
 				recs = append(recs, Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Delete: true})
+				left(c, len(recs))
 			}
 			continue
 		}
@@ -482,11 +515,15 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 			}
 			if !ok {
 				filtered++
+				if !s.KeepFiltered {
+					left(c, len(recs))
+				}
 				continue
 			}
 		}
 		if w.transform == nil {
 			recs = append(recs, Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Doc: c.Doc})
+			left(c, len(recs)-1)
 			continue
 		}
 		n := len(recs)
@@ -494,9 +531,11 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 		if recs, err = w.transform.run(c, recs); err != nil {
 			recs = recs[:n]
 			fail(c, "transform", err)
+			continue
 		}
+		left(c, n)
 	}
-	return recs, fails, filtered
+	return recs, touches, fails, filtered
 }
 
 // write hands a batch to every sink, retrying each until it acknowledges,
@@ -504,6 +543,11 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 // own transaction goes last, once the others have acknowledged the batch
 // and its failures are recorded. It fails only when ctx ends first.
 func (p *Pillow) write(ctx context.Context, b *batch) error {
+	if b.sets == nil {
+		if err := p.planSets(ctx, b); err != nil {
+			return err
+		}
+	}
 	var mu sync.Mutex
 	writeTo := func(o NamedSink) error {
 		start := time.Now()
@@ -582,6 +626,9 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 		if err := record(); err != nil {
 			return err
 		}
+	}
+	if err := p.commitSets(ctx, b); err != nil {
+		return err
 	}
 	if err := p.clearSucceeded(ctx, b); err != nil {
 		return err
