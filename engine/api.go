@@ -93,6 +93,28 @@ type TransactionalSink interface {
 	WriteCheckpointed(ctx context.Context, records []Record, pillow, seq string) error
 }
 
+// DocSet is what a batch leaves of one document: the ids of the records
+// its last change in the batch produced (none when it was deleted or
+// filtered out), with that change's revision.
+type DocSet struct {
+	DocID, Rev string
+	IDs        []string
+}
+
+// DocSetWriter is a sink that knows which document each of its records
+// came from (the postgres sink's _doc_id column), and so removes by itself
+// the records a document no longer produces: the engine keeps no record
+// sets for it (see RecordSets).
+type DocSetWriter interface {
+	Sink
+	// WriteDocSets writes records like Write and, in the same
+	// transaction, removes every record of the documents of sets whose id
+	// is not in its set (rows of a newer revision than the set's stay).
+	// records may be empty. When seq is set, it also saves seq as
+	// pillow's checkpoint, as TransactionalSink.WriteCheckpointed does.
+	WriteDocSets(ctx context.Context, records []Record, sets []DocSet, pillow, seq string) error
+}
+
 // Rebuildable is a sink whose destination `ptop reindex` can rebuild beside
 // the live one: a new physical index behind an alias, a shadow table.
 type Rebuildable interface {

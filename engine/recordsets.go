@@ -114,7 +114,7 @@ type docSets struct {
 	stored  map[string]RecordSet
 }
 
-// plan reads the entries of the batch's documents and adds to b.records a
+// planSets reads the entries of the batch's documents and adds to b.records a
 // delete for each id a document's entry names that its last change no
 // longer produces. It returns the entries that must be saved before the
 // sinks are written (documents gaining ids) and keeps in b what is saved
@@ -137,6 +137,16 @@ func (p *Pillow) planSets(ctx context.Context, b *batch) error {
 		for _, id := range t.ids {
 			inFinal[id] = true
 		}
+	}
+	if p.docSetWriters {
+		b.docSets = make([]DocSet, len(ds.order))
+		for i, d := range ds.order {
+			t := ds.final[d]
+			b.docSets[i] = DocSet{DocID: d, Rev: t.rev, IDs: t.ids}
+		}
+	}
+	if p.sets == nil {
+		return nil // every sink keeps its documents' records itself
 	}
 	var loaded []RecordSet
 	err := retry(ctx, p.log, "read record sets", func() error {

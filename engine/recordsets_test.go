@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -178,5 +179,64 @@ func TestCrashAfterSinkWriteStillRemovesRecords(t *testing.T) {
 	}
 	if got := sink.ids(); len(got) != 0 {
 		t.Fatalf("stale records %v", got)
+	}
+}
+
+// docSetSink keeps which document each record came from, and replaces a
+// document's records by itself, as the postgres sink does.
+type docSetSink struct {
+	stateSink
+	docOf map[string]string
+	calls int
+}
+
+func (s *docSetSink) WriteDocSets(ctx context.Context, rs []Record, sets []DocSet, _, _ string) error {
+	s.calls++
+	if err := s.stateSink.Write(ctx, rs); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.docOf == nil {
+		s.docOf = map[string]string{}
+	}
+	for _, r := range rs {
+		if !r.Delete {
+			s.docOf[r.ID] = r.DocID
+		}
+	}
+	for _, set := range sets {
+		for id, d := range s.docOf {
+			if d == set.DocID && !slices.Contains(set.IDs, id) {
+				delete(s.state, id)
+				delete(s.docOf, id)
+			}
+		}
+	}
+	return nil
+}
+
+func TestDocSetWriterNeedsNoRecordSets(t *testing.T) {
+	sink := &docSetSink{}
+	s := testSpec(t, householdsFilter, householdsTransform, feed(
+		kase("c1", "1-a", false, "h1", "h2"),
+		kase("c2", "1-a", false, "h1"),
+		kase("c3", "1-a", false, "h3"),
+		kase("c1", "2-a", false, "h2", "h5"),
+		kase("c3", "2-a", true, "h3"),
+		Change{ID: "c2", Rev: "2-a", Deleted: true},
+	), sink)
+	p := NewPillow(s, RunOptions{Log: quietLog(), Errors: &memErrors{}})
+	if p.sets != nil {
+		t.Fatalf("record sets kept for a pillow whose only sink keeps them itself: %T", p.sets)
+	}
+	if err := p.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := sink.ids(), []string{"c1:h2", "c1:h5"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("%v, want %v", got, want)
+	}
+	if sink.calls != 2 {
+		t.Errorf("%d writes, want 2 (one per batch)", sink.calls)
 	}
 }

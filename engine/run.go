@@ -65,8 +65,11 @@ type Pillow struct {
 	// transaction, if any: it is written last, with the checkpoint.
 	txSink string
 	errs   ErrorStore
-	sets   RecordSets // where documents' record ids are kept
-	reader DocReader  // re-reads documents for retries; nil: no retries
+	sets   RecordSets // where documents' record ids are kept; nil when no sink needs them
+	// docSetWriters: some sink is a DocSetWriter, which each batch gives
+	// the record ids its documents now have.
+	docSetWriters bool
+	reader        DocReader // re-reads documents for retries; nil: no retries
 	// failed holds the ids of documents with an entry in the error store,
 	// so that a later success clears it. Only the write stage uses it.
 	failed map[string]bool
@@ -136,7 +139,15 @@ func NewPillow(spec *Spec, opts RunOptions) *Pillow {
 		p.cps = spec.cps
 	}
 	p.sets = opts.RecordSets
-	if p.sets == nil {
+	needSets := false
+	for _, o := range spec.outputs {
+		if _, ok := o.Sink.(DocSetWriter); ok {
+			p.docSetWriters = true
+		} else {
+			needSets = true
+		}
+	}
+	if p.sets == nil && needSets {
 		if rs, ok := p.cps.(RecordSets); ok {
 			p.sets = rs
 		} else {
@@ -163,6 +174,7 @@ type batch struct {
 	records  []Record
 	touches  []touch // what each change left of its document, in order
 	sets     *docSets
+	docSets  []DocSet // for DocSetWriters: each document's last touch
 	failures []Failure
 	lastSeq  string
 	filtered int
@@ -543,7 +555,7 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, touches []
 // own transaction goes last, once the others have acknowledged the batch
 // and its failures are recorded. It fails only when ctx ends first.
 func (p *Pillow) write(ctx context.Context, b *batch) error {
-	if b.sets == nil {
+	if b.sets == nil && b.docSets == nil {
 		if err := p.planSets(ctx, b); err != nil {
 			return err
 		}
@@ -556,7 +568,15 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 		}()
 		return retry(ctx, p.log.With("sink", o.Name), "write", func() error {
 			var err error
-			if ts, ok := o.Sink.(TransactionalSink); ok && o.Name == p.txSink {
+			if dw, ok := o.Sink.(DocSetWriter); ok {
+				seq := ""
+				if o.Name == p.txSink {
+					seq = b.lastSeq
+				}
+				if len(b.records) > 0 || len(b.docSets) > 0 || seq != "" {
+					err = dw.WriteDocSets(ctx, b.records, b.docSets, p.opts.CheckpointName, seq)
+				}
+			} else if ts, ok := o.Sink.(TransactionalSink); ok && o.Name == p.txSink {
 				err = ts.WriteCheckpointed(ctx, b.records, p.opts.CheckpointName, b.lastSeq)
 			} else if len(b.records) > 0 {
 				err = o.Sink.Write(ctx, b.records)
