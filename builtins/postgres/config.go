@@ -46,11 +46,13 @@ type Config struct {
 const DefaultTimeout = 60 * time.Second
 
 // Reserved column names: the revision of the record's document and its
-// generation, the integer before the dash ("3-abc" → 3).
+// generation, the integer before the dash ("3-abc" → 3), and the id of the
+// record's document.
 const (
-	revColumn = "_rev"
-	genColumn = "_rev_gen"
-	docColumn = "doc"
+	revColumn   = "_rev"
+	genColumn   = "_rev_gen"
+	docIDColumn = "_doc_id"
+	docColumn   = "doc"
 )
 
 // SetDefaults implements engine.Defaulter.
@@ -123,7 +125,7 @@ func (c *Config) Validate(ch *engine.Check) {
 
 // reserved reports whether name is a column the sink manages.
 func reserved(name string, doc bool) bool {
-	return name == revColumn || name == genColumn || (doc && name == docColumn)
+	return name == revColumn || name == genColumn || name == docIDColumn || (doc && name == docColumn)
 }
 
 // checkDSN returns what is wrong with a connection string, never repeating

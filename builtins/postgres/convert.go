@@ -55,6 +55,7 @@ type row struct {
 	key   string  // the record id
 	vals  []value // one per data column, then doc when the sink keeps it
 	rev   value   // the revision, NULL when the record has none
+	docID value   // the id of the record's document, NULL when unknown
 	gen   int64   // the revision's generation
 	hasG  bool    // false: no usable revision, no ordering
 	del   bool
@@ -140,6 +141,12 @@ func head(i int, r *engine.Record) (row, error) {
 			return out, errors.New("the revision contains a NUL character")
 		}
 		out.rev = value{s: r.Rev, ok: true}
+	}
+	if r.DocID != "" {
+		if strings.IndexByte(r.DocID, 0) >= 0 {
+			return out, errors.New("the document id contains a NUL character")
+		}
+		out.docID = value{s: r.DocID, ok: true}
 	}
 	return out, nil
 }
@@ -234,6 +241,8 @@ func (e *encoder) appendCopy(buf []byte, r *engine.Record, rw *row) ([]byte, err
 	} else {
 		buf = append(buf, `\N`...)
 	}
+	buf = append(buf, '\t')
+	buf = copyValue(buf, rw.docID)
 	return append(buf, '\n'), nil
 }
 

@@ -286,7 +286,24 @@ func (s *Sink) schema(ctx context.Context) (*schema, error) {
 
 // Write implements engine.Sink.
 func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
-	return s.write(ctx, records, "", "")
+	return s.write(ctx, records, nil, "", "")
+}
+
+// WriteDocSets implements engine.DocSetWriter: in the batch's transaction,
+// after its records, the rows of the documents of sets whose keys the
+// documents no longer produce are deleted (found by _doc_id), unless they
+// are of a newer generation than the set's revision. With seq, the
+// checkpoint is saved in it too.
+func (s *Sink) WriteDocSets(ctx context.Context, records []engine.Record, sets []engine.DocSet, pillow, seq string) error {
+	if seq != "" {
+		s.mu.Lock()
+		cps := s.cps
+		s.mu.Unlock()
+		if cps == nil {
+			return errors.New("postgres: a checkpoint to save without a checkpoint store in the same database")
+		}
+	}
+	return s.write(ctx, records, sets, pillow, seq)
 }
 
 // SharesStore implements engine.TransactionalSink: cps shares this sink's
@@ -314,9 +331,9 @@ func (s *Sink) WriteCheckpointed(ctx context.Context, records []engine.Record, p
 		return errors.New("postgres: WriteCheckpointed without a checkpoint store in the same database")
 	}
 	if seq == "" {
-		return s.write(ctx, records, "", "")
+		return s.write(ctx, records, nil, "", "")
 	}
-	return s.write(ctx, records, pillow, seq)
+	return s.write(ctx, records, nil, pillow, seq)
 }
 
 // Close implements engine.Sink.
@@ -358,6 +375,7 @@ type batch struct {
 	records  []engine.Record
 	ups      []row // one per id, values not encoded yet
 	dels     []row
+	sets     []engine.DocSet // documents whose other rows go
 	rejected engine.RecordErrors
 }
 
@@ -365,8 +383,9 @@ func (b *batch) reject(r row, err error) {
 	b.rejected = append(b.rejected, engine.RecordError{Index: r.index, Err: rejection(err)})
 }
 
-// write writes a batch, with pillow's checkpoint when seq is set.
-func (s *Sink) write(ctx context.Context, records []engine.Record, pillow, seq string) error {
+// write writes a batch, then removes the other rows of the documents of
+// sets, with pillow's checkpoint when seq is set.
+func (s *Sink) write(ctx context.Context, records []engine.Record, sets []engine.DocSet, pillow, seq string) error {
 	sch, err := s.schema(ctx)
 	if err != nil {
 		return err
@@ -375,7 +394,7 @@ func (s *Sink) write(ctx context.Context, records []engine.Record, pillow, seq s
 	if err != nil {
 		return err
 	}
-	b := &batch{records: records}
+	b := &batch{records: records, sets: sets}
 	var failed engine.RecordErrors
 	rows := make([]row, 0, len(records))
 	for i := range records {
@@ -393,7 +412,7 @@ func (s *Sink) write(ctx context.Context, records []engine.Record, pillow, seq s
 			b.ups = append(b.ups, r)
 		}
 	}
-	if len(b.ups) == 0 && len(b.dels) == 0 && seq == "" {
+	if len(b.ups) == 0 && len(b.dels) == 0 && len(b.sets) == 0 && seq == "" {
 		return recordErrors(failed)
 	}
 	s.mu.Lock()
@@ -459,7 +478,7 @@ func recordErrors(errs engine.RecordErrors) error {
 // are found by bisection.
 func (s *Sink) transaction(ctx context.Context, pool *pgxpool.Pool, sch *schema, b *batch, m mode,
 	cps *Checkpoints, pillow, seq string) error {
-	if m == copyAll && len(b.dels) == 0 && seq == "" {
+	if m == copyAll && len(b.dels) == 0 && len(b.sets) == 0 && seq == "" {
 		// One COPY is a transaction of its own: no BEGIN and COMMIT
 		// round trips.
 		conn, err := pool.Acquire(ctx)
@@ -517,6 +536,11 @@ func (s *Sink) transaction(ctx context.Context, pool *pgxpool.Pool, sch *schema,
 	}
 	if len(b.dels) > 0 {
 		if err := bisect(ctx, tx, b.dels, func(rs []row) error { return deleteRows(ctx, tx, sch, rs) }, b.reject); err != nil {
+			return err
+		}
+	}
+	if len(b.sets) > 0 {
+		if err := replaceDocs(ctx, tx, sch, b.sets); err != nil {
 			return err
 		}
 	}
@@ -625,6 +649,7 @@ func upsert(ctx context.Context, tx pgx.Tx, sch *schema, rows []row) error {
 	}
 	revs := make([]pgtype.Text, len(rows))
 	gens := make([]pgtype.Int8, len(rows))
+	docs := make([]pgtype.Text, len(rows))
 	for i := range rows {
 		r := &rows[i]
 		keys[i] = r.key
@@ -633,13 +658,14 @@ func upsert(ctx context.Context, tx pgx.Tx, sch *schema, rows []row) error {
 		}
 		revs[i] = pgtype.Text{String: r.rev.s, Valid: r.rev.ok}
 		gens[i] = pgtype.Int8{Int64: r.gen, Valid: r.hasG}
+		docs[i] = pgtype.Text{String: r.docID.s, Valid: r.docID.ok}
 	}
-	args := make([]any, 0, ncols+3)
+	args := make([]any, 0, ncols+4)
 	args = append(args, keys)
 	for _, c := range cols {
 		args = append(args, c)
 	}
-	args = append(args, revs, gens)
+	args = append(args, revs, gens, docs)
 	_, err := tx.Exec(ctx, sch.upsertSQL, args...)
 	return err
 }
@@ -653,6 +679,28 @@ func deleteRows(ctx context.Context, tx pgx.Tx, sch *schema, rows []row) error {
 		gens[i] = pgtype.Int8{Int64: r.gen, Valid: r.hasG}
 	}
 	_, err := tx.Exec(ctx, sch.deleteSQL, keys, gens)
+	return err
+}
+
+// replaceDocs deletes the rows of the documents of sets whose keys are in
+// none of the sets (a key a document gave up may now be another's).
+func replaceDocs(ctx context.Context, tx pgx.Tx, sch *schema, sets []engine.DocSet) error {
+	docs := make([]string, len(sets))
+	gens := make([]pgtype.Int8, len(sets))
+	var keep []string
+	for i, ds := range sets {
+		if strings.IndexByte(ds.DocID, 0) >= 0 {
+			continue // no row can have it
+		}
+		docs[i] = ds.DocID
+		g, ok := revGeneration(ds.Rev)
+		gens[i] = pgtype.Int8{Int64: g, Valid: ok}
+		keep = append(keep, ds.IDs...)
+	}
+	if keep == nil {
+		keep = []string{}
+	}
+	_, err := tx.Exec(ctx, sch.replaceSQL, docs, gens, keep)
 	return err
 }
 
@@ -741,4 +789,5 @@ func classify(err error) error {
 var (
 	_ engine.Sink              = (*Sink)(nil)
 	_ engine.TransactionalSink = (*Sink)(nil)
+	_ engine.DocSetWriter      = (*Sink)(nil)
 )
