@@ -2,7 +2,12 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
 	"strings"
 	"testing"
 
@@ -77,4 +82,57 @@ func TestReplaceKeepsNewerRows(t *testing.T) {
 	if got, want := table(t, pg, dsn, "SELECT _id FROM t ORDER BY _id"), "d:a\nd:c"; got != want {
 		t.Fatalf("rows after e left:\n%s\nwant\n%s", got, want)
 	}
+}
+
+// TestCheckpointStoreKeepsRecordSets runs the scenario into the file sink
+// of a pillow whose checkpoint store is Postgres: the record sets are kept
+// in the store's TABLE_records, and both runs (two processes, as far as
+// the store can tell) share them.
+func TestCheckpointStoreKeepsRecordSets(t *testing.T) {
+	t.Parallel()
+	pg := testenv.SharedPostgres(t)
+	dsn := pg.NewDatabase(t)
+	out := filepath.Join(t.TempDir(), "out.jsonl")
+	for i := range testenv.FollowFeeds {
+		spec := loadPillow(t, fmt.Sprintf("name: hh\nsource: {file: {path: %q}}\n%scheckpoint: {postgres: {dsn: %q, table: cps.ptop_checkpoints}}\nsinks:\n  - file: {path: %q}\n",
+			testenv.FollowFeedFile(t, i), testenv.FollowPillow, dsn, out))
+		if err := engine.NewPillow(spec, engine.RunOptions{Log: quietLog()}).Run(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := foldFileSink(t, out), testenv.FollowAfter[i]; !reflect.DeepEqual(got, want) {
+			t.Fatalf("after part %d: %v, want %v", i+1, got, want)
+		}
+	}
+	got := table(t, pg, dsn, "SELECT pillow, doc_id, array_to_string(ids, ',') FROM cps.ptop_checkpoints_records ORDER BY 2")
+	if want := "hh|c2|c2:h8\nhh|c3|c3:h3,c3:h6\nhh|c5|c5:h9"; got != want {
+		t.Errorf("record sets:\n%s\nwant\n%s", got, want)
+	}
+}
+
+// foldFileSink applies the file sink's lines in order and returns the ids
+// left.
+func foldFileSink(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var l struct{ Action, ID string }
+		if err := json.Unmarshal([]byte(line), &l); err != nil {
+			t.Fatal(err)
+		}
+		if l.Action == "delete" {
+			delete(state, l.ID)
+		} else {
+			state[l.ID] = true
+		}
+	}
+	ids := []string{}
+	for id := range state {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
 }
