@@ -11,22 +11,32 @@ import (
 // returned for it; ids it no longer returns are deleted, and a document
 // that is deleted or no longer passes the filter has none.
 //
-// Sinks delete by record id only, so the engine remembers, per pillow and
-// document, the ids of the records a document was last written with: its
+// Most sinks delete by record id only, so the engine remembers, per pillow
+// and document, the ids of the records a document was written with: its
 // record set, kept in a RecordSets store where every process running the
-// pillow sees it (the checkpoint store's database). A document gets an
-// entry once it produces a record, so a pillow that filters most of its
-// feed out writes nothing for the documents it never indexed, and sends
-// no deletes for them.
+// pillow sees it (the checkpoint store's database). Sinks that find a
+// document's records themselves (DocSetWriter: postgres) need none.
 //
-// Each batch, the engine reads the entries of the documents it changes,
-// then:
+// Entries are kept only where they are needed, so that the common pillows
+// pay nothing for them:
+//   - A document whose records are at most one, with the document's own id
+//     (a single-record pillow), has no entry. A document without an entry
+//     is taken to have at most that record, and only if it has had an
+//     earlier revision: a document at its first revision ("1-…") has no
+//     records yet. So a document filtered out or deleted is sent a delete
+//     of its own id only after an update, as deletions always were, and a
+//     filtered pillow sends nothing for new documents it filters out.
+//   - Entries are read only once the pillow has written one (a marker,
+//     the entry of document "", says so), and only for documents past
+//     their first revision.
+//
+// Each batch, the engine reads the entries it needs, then:
 //  1. saves, for documents that gain ids, the union of the old and the
 //     new ids (so that after a crash in the middle of the batch, the
 //     entry still names every record the document may have in a sink);
-//  2. writes the batch, with a delete for each id an entry names that the
-//     document's last change in the batch no longer produces;
-//  3. saves the documents' new sets (an empty one removes the entry);
+//  2. writes the batch, with a delete for each id a document had that its
+//     last change in the batch no longer produces;
+//  3. saves the documents' new sets (removing entries no longer needed);
 //  4. saves the checkpoint.
 //
 // An entry therefore always names at least the records its document has
@@ -114,21 +124,43 @@ type docSets struct {
 	stored  map[string]RecordSet
 }
 
-// planSets reads the entries of the batch's documents and adds to b.records a
-// delete for each id a document's entry names that its last change no
-// longer produces. It returns the entries that must be saved before the
-// sinks are written (documents gaining ids) and keeps in b what is saved
-// after.
+// multiMarker is the document id of the entry saying that the pillow has
+// written entries (see above).
+const multiMarker = ""
+
+// trivial reports whether ids need no entry: none, or the document's own.
+func trivial(doc string, ids []string) bool {
+	return len(ids) == 0 || (len(ids) == 1 && ids[0] == doc)
+}
+
+// loadMarker reads whether the pillow has written entries.
+func (p *Pillow) loadMarker(ctx context.Context) error {
+	if p.sets == nil {
+		return nil
+	}
+	return retry(ctx, p.log, "read record sets", func() error {
+		m, err := p.sets.LoadRecordSets(ctx, p.opts.CheckpointName, []string{multiMarker})
+		p.multi = len(m) > 0
+		return err
+	})
+}
+
+// planSets reads the entries of the batch's documents that may have one,
+// adds to b.records a delete for each id a document had that its last
+// change no longer produces, and saves first the entries of documents
+// that gain ids. It leaves in b what commitSets saves after the sinks.
 func (p *Pillow) planSets(ctx context.Context, b *batch) error {
 	if len(b.touches) == 0 {
 		return nil
 	}
 	ds := &docSets{final: map[string]*touch{}, written: map[string][]string{}}
-	inFinal := map[string]bool{} // every id some document of the batch now produces
+	firstGen := map[string]int64{} // by document: its first change's revision generation
+	inFinal := map[string]bool{}   // every id some document of the batch now produces
 	for i := range b.touches {
 		t := &b.touches[i]
 		if _, seen := ds.final[t.doc]; !seen {
 			ds.order = append(ds.order, t.doc)
+			firstGen[t.doc] = seqNumber(t.rev)
 		}
 		ds.final[t.doc] = t
 		ds.written[t.doc] = appendNew(ds.written[t.doc], t.ids...)
@@ -148,41 +180,62 @@ func (p *Pillow) planSets(ctx context.Context, b *batch) error {
 	if p.sets == nil {
 		return nil // every sink keeps its documents' records itself
 	}
-	var loaded []RecordSet
-	err := retry(ctx, p.log, "read record sets", func() error {
-		var err error
-		loaded, err = p.sets.LoadRecordSets(ctx, p.opts.CheckpointName, ds.order)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	ds.stored = make(map[string]RecordSet, len(loaded))
-	for _, s := range loaded {
-		ds.stored[s.DocID] = s
+	ds.stored = map[string]RecordSet{}
+	if p.multi {
+		var ask []string
+		for _, d := range ds.order {
+			if firstGen[d] != 1 {
+				ask = append(ask, d)
+			}
+		}
+		if len(ask) > 0 {
+			var loaded []RecordSet
+			err := retry(ctx, p.log, "read record sets", func() error {
+				var err error
+				loaded, err = p.sets.LoadRecordSets(ctx, p.opts.CheckpointName, ask)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			for _, s := range loaded {
+				ds.stored[s.DocID] = s
+			}
+		}
 	}
 	// Deletes of what documents no longer produce, and the entries to save
 	// first: those whose documents gain ids.
 	var before []RecordSet
 	for _, d := range ds.order {
-		t, old := ds.final[d], ds.stored[d]
-		for _, id := range old.IDs {
+		t := ds.final[d]
+		stored, has := ds.stored[d]
+		old := stored.IDs
+		if !has && firstGen[d] != 1 {
+			old = []string{d} // at most its own record
+		}
+		for _, id := range old {
 			if !inFinal[id] && !b.deletes(d, id) {
 				b.records = append(b.records, Record{ID: id, DocID: d, Rev: t.rev, Seq: t.seq, Delete: true})
 			}
 		}
 		// Earlier changes of the batch may write ids the last one drops.
 		for _, id := range ds.written[d] {
-			if !inFinal[id] && !slices.Contains(old.IDs, id) && !b.deletes(d, id) {
+			if !inFinal[id] && !slices.Contains(old, id) && !b.deletes(d, id) {
 				b.records = append(b.records, Record{ID: id, DocID: d, Rev: t.rev, Seq: t.seq, Delete: true})
 			}
 		}
-		union := appendNew(slices.Clone(old.IDs), ds.written[d]...)
-		if len(union) > len(old.IDs) {
-			before = append(before, RecordSet{DocID: d, IDs: union, Version: old.Version})
+		union := appendNew(slices.Clone(old), ds.written[d]...)
+		if !trivial(d, union) && len(union) > len(stored.IDs) {
+			before = append(before, RecordSet{DocID: d, IDs: union, Version: stored.Version})
 		}
 	}
 	if len(before) > 0 {
+		if !p.multi {
+			if _, err := p.saveSets(ctx, []RecordSet{{DocID: multiMarker, IDs: []string{"ptop: this pillow keeps record sets"}}}); err != nil {
+				return err
+			}
+			p.multi = true
+		}
 		saved, err := p.saveSets(ctx, before)
 		if err != nil {
 			return err
@@ -210,7 +263,8 @@ func (b *batch) deletes(doc, id string) bool {
 }
 
 // commitSets saves, once the sinks have the batch, the documents' new
-// record sets where they differ from the entries.
+// record sets where they differ from the entries; entries no longer
+// needed are removed.
 func (p *Pillow) commitSets(ctx context.Context, b *batch) error {
 	ds := b.sets
 	if ds == nil {
@@ -218,14 +272,16 @@ func (p *Pillow) commitSets(ctx context.Context, b *batch) error {
 	}
 	var after []RecordSet
 	for _, d := range ds.order {
-		t, old := ds.final[d], ds.stored[d]
-		if sameSet(old.IDs, t.ids) {
-			continue
+		t := ds.final[d]
+		stored, has := ds.stored[d]
+		switch {
+		case trivial(d, t.ids):
+			if has {
+				after = append(after, RecordSet{DocID: d, Version: stored.Version})
+			}
+		case !has || !sameSet(stored.IDs, t.ids):
+			after = append(after, RecordSet{DocID: d, IDs: t.ids, Version: stored.Version})
 		}
-		if len(old.IDs) == 0 && old.Version == "" && len(t.ids) == 0 {
-			continue // no entry, none needed
-		}
-		after = append(after, RecordSet{DocID: d, IDs: t.ids, Version: old.Version})
 	}
 	if len(after) == 0 {
 		return nil

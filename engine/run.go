@@ -69,7 +69,9 @@ type Pillow struct {
 	// docSetWriters: some sink is a DocSetWriter, which each batch gives
 	// the record ids its documents now have.
 	docSetWriters bool
-	reader        DocReader // re-reads documents for retries; nil: no retries
+	// multi: the pillow has written record sets (see recordsets.go); writer only
+	multi  bool
+	reader DocReader // re-reads documents for retries; nil: no retries
 	// failed holds the ids of documents with an entry in the error store,
 	// so that a later success clears it. Only the write stage uses it.
 	failed map[string]bool
@@ -233,6 +235,9 @@ func (p *Pillow) Run(ctx context.Context) error {
 	}
 	if err := p.loadFailed(ctx); err != nil {
 		return startErr(s.Name, "reading the error store", err)
+	}
+	if err := p.loadMarker(ctx); err != nil {
+		return startErr(s.Name, "reading the record sets", err)
 	}
 	// read stops the source and the retrier: when ctx is done, or when a
 	// sink fails for good.

@@ -104,7 +104,7 @@ func TestCheckpointStoreKeepsRecordSets(t *testing.T) {
 		}
 	}
 	got := table(t, pg, dsn, "SELECT pillow, doc_id, array_to_string(ids, ',') FROM cps.ptop_checkpoints_records ORDER BY 2")
-	if want := "hh|c2|c2:h8\nhh|c3|c3:h3,c3:h6\nhh|c5|c5:h9"; got != want {
+	if want := "hh||ptop: this pillow keeps record sets\nhh|c2|c2:h8\nhh|c3|c3:h3,c3:h6\nhh|c5|c5:h9"; got != want {
 		t.Errorf("record sets:\n%s\nwant\n%s", got, want)
 	}
 }
