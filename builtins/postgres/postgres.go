@@ -19,9 +19,10 @@
 // # Table
 //
 // The table has the key column (text primary key when the sink creates
-// it), the configured columns, doc jsonb (unless doc: false), and two
+// it), the configured columns, doc jsonb (unless doc: false), two
 // columns of the record's revision: _rev text and _rev_gen bigint, its
-// generation (the integer before the dash: "3-abc" → 3). Without create a
+// generation (the integer before the dash: "3-abc" → 3), and _doc_id text,
+// the id of the record's document, indexed. Without create a
 // missing table or column stops the pillow at start, with the ALTER TABLE
 // that would fix it; the key column needs a primary key or unique index.
 // Columns of an existing table keep their types: values are converted to
@@ -48,6 +49,11 @@
 // source that gives none) carry no order: they are written whatever the
 // row's generation, and any record with a revision replaces them.
 //
+// The sink is an engine.DocSetWriter: after a batch's upserts and deletes,
+// the rows of the batch's documents (by _doc_id) whose keys the documents'
+// last changes no longer produce are deleted, unless they are of a newer
+// generation, in the same transaction.
+//
 // Rows whose key is not in the table yet go in with COPY (text format,
 // encoded while Postgres reads it); the others with one INSERT … ON
 // CONFLICT DO UPDATE over unnest()ed arrays. The keys are looked up first,
@@ -70,7 +76,8 @@
 //
 // The `postgres` checkpoint store keeps one row per pillow in a table
 // (pillow text primary key, seq text, updated_at timestamptz), created
-// when missing; sequence ids are stored verbatim. When a pillow's
+// when missing; sequence ids are stored verbatim. It keeps the pillows'
+// record sets (engine.RecordSets) in TABLE_records beside it. When a pillow's
 // checkpoint store and one of its postgres sinks use the same server,
 // database and user, that sink saves the checkpoint in the transaction of
 // each batch: the table and the checkpoint never disagree, even after a
