@@ -171,10 +171,16 @@ func (p *Pillow) planSets(ctx context.Context, b *batch) error {
 		}
 	}
 	if p.docSetWriters {
-		b.docSets = make([]DocSet, len(ds.order))
-		for i, d := range ds.order {
+		// A document at its first revision had no records before the
+		// batch: it needs no replacing, unless the batch itself wrote ids
+		// its last change drops.
+		b.docSets = make([]DocSet, 0, len(ds.order))
+		for _, d := range ds.order {
 			t := ds.final[d]
-			b.docSets[i] = DocSet{DocID: d, Rev: t.rev, IDs: t.ids}
+			if firstGen[d] == 1 && len(ds.written[d]) == len(t.ids) {
+				continue
+			}
+			b.docSets = append(b.docSets, DocSet{DocID: d, Rev: t.rev, IDs: t.ids})
 		}
 	}
 	if p.sets == nil {

@@ -689,26 +689,47 @@ func deleteRows(ctx context.Context, tx pgx.Tx, sch *schema, rows []row) error {
 	return err
 }
 
-// replaceDocs deletes the rows of the documents of sets whose keys are in
-// none of the sets (a key a document gave up may now be another's).
+// replaceDocs deletes the rows of the documents of sets whose keys their
+// sets do not name, unless of a newer generation than the set's revision:
+// it looks the documents' rows up by _doc_id, then deletes the stale ones
+// by key, as deletions are (the generation guard included).
 func replaceDocs(ctx context.Context, tx pgx.Tx, sch *schema, sets []engine.DocSet) error {
-	docs := make([]string, len(sets))
-	gens := make([]pgtype.Int8, len(sets))
-	var keep []string
-	for i, ds := range sets {
+	docs := make([]string, 0, len(sets))
+	bySet := make(map[string]*engine.DocSet, len(sets))
+	for i := range sets {
+		ds := &sets[i]
 		if strings.IndexByte(ds.DocID, 0) >= 0 {
 			continue // no row can have it
 		}
-		docs[i] = ds.DocID
-		g, ok := revGeneration(ds.Rev)
-		gens[i] = pgtype.Int8{Int64: g, Valid: ok}
-		keep = append(keep, ds.IDs...)
+		docs = append(docs, ds.DocID)
+		bySet[ds.DocID] = ds
 	}
-	if keep == nil {
-		keep = []string{}
+	rs, err := tx.Query(ctx, sch.docRowsSQL, docs)
+	if err != nil {
+		return err
 	}
-	_, err := tx.Exec(ctx, sch.replaceSQL, docs, gens, keep)
-	return err
+	var stale []row
+	for rs.Next() {
+		var key, doc string
+		if err := rs.Scan(&key, &doc); err != nil {
+			rs.Close()
+			return err
+		}
+		ds := bySet[doc]
+		if ds == nil || slices.Contains(ds.IDs, key) {
+			continue
+		}
+		r := row{key: key, del: true}
+		r.gen, r.hasG = revGeneration(ds.Rev)
+		stale = append(stale, r)
+	}
+	if err := rs.Err(); err != nil {
+		return err
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	return deleteRows(ctx, tx, sch, stale)
 }
 
 // bisect runs op on rows under a savepoint; when Postgres rejects a record

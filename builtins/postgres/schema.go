@@ -22,10 +22,9 @@ type schema struct {
 	copySQL     string // COPY of new rows, text format
 	upsertSQL   string // $1 keys, then one text[] per data column, revs, generations, document ids
 	deleteSQL   string // $1 keys, $2 generations
-	// replaceSQL deletes the rows of documents ($1, of generations $2)
-	// whose keys, as text, are not in $3 (and are not of a newer
-	// generation).
-	replaceSQL string
+	// docRowsSQL finds, by the _doc_id index, the keys (as text) of the
+	// rows of the documents $1, with their documents.
+	docRowsSQL string
 }
 
 type column struct {
@@ -312,8 +311,8 @@ func (s *Sink) prepare(d dest, cols map[string]column) *schema {
 		upsertSQL: fmt.Sprintf("INSERT INTO %s AS t (%s)\nSELECT %s\nFROM unnest(%s) AS u(%s)\nON CONFLICT (%s) DO UPDATE SET %s\nWHERE %s",
 			tbl, strings.Join(names, ", "), strings.Join(selects, ", "), strings.Join(params, ", "), strings.Join(aliases, ", "),
 			key, strings.Join(sets, ", "), newer),
-		replaceSQL: fmt.Sprintf("DELETE FROM %s AS t USING unnest($1::text[], $2::int8[]) AS d(doc, g)\nWHERE t.%s = d.doc AND NOT (t.%s::text = ANY($3::text[])) AND (t.%s IS NULL OR d.g IS NULL OR t.%s <= d.g)",
-			tbl, pgx.Identifier{docIDColumn}.Sanitize(), key, gen, gen),
+		docRowsSQL: fmt.Sprintf("SELECT t.%s::text, t.%s FROM %s AS t WHERE t.%s = ANY($1::text[])",
+			key, pgx.Identifier{docIDColumn}.Sanitize(), tbl, pgx.Identifier{docIDColumn}.Sanitize()),
 		deleteSQL: fmt.Sprintf("DELETE FROM %s AS t USING unnest($1::text[], $2::int8[]) AS d(k, g)\nWHERE t.%s = d.k::%s AND (t.%s IS NULL OR d.g IS NULL OR t.%s <= d.g)",
 			tbl, key, keyType, gen, gen),
 	}
