@@ -44,7 +44,9 @@ type Change struct {
 func (c *Change) IsPosition() bool { return c.ID == "" && c.Err == nil && c.Seq != "" }
 
 // Record is one write to a sink: an index of a record the transform
-// returned, or a delete of a deleted document's records.
+// returned, or a delete of a record its document no longer produces (the
+// document was deleted, filtered out, or its transform returns other ids;
+// see the engine's RecordSets).
 type Record struct {
 	ID     string // the record's _id if the transform set one, else DocID
 	DocID  string // the source document's id
@@ -116,6 +118,29 @@ type TransactionalSink interface {
 	// the batch. recordRejected may be nil: rejected records are then
 	// returned as RecordErrors, after the commit.
 	WriteCheckpointed(ctx context.Context, records []Record, pillow, seq string, recordRejected func(RecordErrors) error) error
+}
+
+// DocSet is what a batch leaves of one document: the ids of the records
+// its last change in the batch produced (none when it was deleted or
+// filtered out), with that change's revision and sequence id.
+type DocSet struct {
+	DocID, Rev, Seq string
+	IDs             []string
+}
+
+// DocSetWriter is a sink that knows which document each of its records
+// came from (the postgres sink's _doc_id column), and so removes by itself
+// the records a document no longer produces: the engine keeps no record
+// sets for it (see the engine's RecordSets).
+type DocSetWriter interface {
+	Sink
+	// WriteDocSets writes records like Write and, in the same
+	// transaction, removes every record of the documents of sets whose id
+	// is not in its set (rows written from a later feed position than the
+	// set's stay). records may be empty. When seq is set, it also saves
+	// seq as pillow's checkpoint, with recordRejected called before the
+	// commit, as TransactionalSink.WriteCheckpointed does.
+	WriteDocSets(ctx context.Context, records []Record, sets []DocSet, pillow, seq string, recordRejected func(RecordErrors) error) error
 }
 
 // Rebuildable is a sink whose destination `ptop reindex` can rebuild beside

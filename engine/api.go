@@ -23,6 +23,10 @@ type (
 	Sink = component.Sink
 	// TransactionalSink is component.TransactionalSink.
 	TransactionalSink = component.TransactionalSink
+	// DocSet is component.DocSet.
+	DocSet = component.DocSet
+	// DocSetWriter is component.DocSetWriter.
+	DocSetWriter = component.DocSetWriter
 	// Rebuildable is component.Rebuildable.
 	Rebuildable = component.Rebuildable
 	// RecordError is component.RecordError.

@@ -72,7 +72,7 @@ func BenchmarkProcess(b *testing.B) {
 						cs[j].Doc = docs[j]
 					}
 				}
-				recs, fails, _ := p.processChunk(ws[0], cs[:min(n, b.N-i)])
+				recs, _, fails, _ := p.processChunk(ws[0], cs[:min(n, b.N-i)])
 				if len(fails) > 0 || len(recs) == 0 {
 					b.Fatalf("%d records, failures %v", len(recs), fails)
 				}

@@ -44,6 +44,9 @@ type Config struct {
 	// SkipDeletes drops deletions instead of deleting the document's
 	// records in every sink.
 	SkipDeletes bool `yaml:"skip_deletes" doc:"Drop deletions instead of deleting the document's records in every sink."`
+	// KeepFiltered leaves the records of a document that no longer passes
+	// the filter in the sinks, instead of deleting them.
+	KeepFiltered bool `yaml:"keep_filtered" doc:"Leave the records of a document that no longer passes the filter in the sinks; by default they are deleted, as the document now produces none."`
 	// Workers is the number of goroutines running filter and transform;
 	// 0 means one per CPU.
 	Workers int `yaml:"workers" doc:"Goroutines running filter and transform in parallel, order kept; 0 (default) means one per CPU; at most 256."`

@@ -17,6 +17,7 @@ type Metrics struct {
 	writeSeconds *prometheus.HistogramVec
 	batchSize    *prometheus.HistogramVec
 	rewinds      *prometheus.CounterVec
+	recordSets   *prometheus.CounterVec
 	reloads      *prometheus.CounterVec
 	reloadOK     prometheus.Gauge
 	reloadTime   prometheus.Gauge
@@ -48,6 +49,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "ptop_sequence_rewinds_total",
 			Help: "Times a feed's sequence went backwards by its numeric prefix (a CouchDB cluster failover, a restored database).",
 		}, []string{"pillow"}),
+		recordSets: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ptop_record_sets_saved_total",
+			Help: "Record sets saved: documents whose set of record ids changed (see engine/recordsets.go).",
+		}, []string{"pillow"}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ptop_reloads_total",
 			Help: "Reloads (SIGHUP), by result: applied or refused.",
@@ -62,7 +67,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.changes, m.records, m.writeSeconds, m.batchSize, m.rewinds, m.reloads, m.reloadOK, m.reloadTime)
+		reg.MustRegister(m.changes, m.records, m.writeSeconds, m.batchSize, m.rewinds, m.recordSets, m.reloads, m.reloadOK, m.reloadTime)
 	}
 	return m
 }

@@ -26,7 +26,7 @@ func (s *Spec) Process(c Change) (records []Record, filtered bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
-	recs, fails, n := p.processChunk(ws[0], []Change{c})
+	recs, _, fails, n := p.processChunk(ws[0], []Change{c})
 	if len(fails) > 0 {
 		return nil, false, fails[0].Err
 	}

@@ -41,6 +41,10 @@ type RunOptions struct {
 	// NoRetries leaves the error store's entries to another run of the
 	// pillow: failures are recorded, but none is retried.
 	NoRetries bool
+	// RecordSets overrides where the record ids of each document are kept
+	// (see RecordSets); by default in the checkpoint store when it keeps
+	// them, else in memory.
+	RecordSets RecordSets
 	// DrainTimeout bounds the flush after ctx is cancelled: what is not
 	// written by then is not checkpointed either, and is read again on the
 	// next start. Default 10s.
@@ -73,6 +77,12 @@ type Pillow struct {
 	// transaction, if any: it is written last, with the checkpoint.
 	txSink string
 	errs   ErrorStore
+	sets   RecordSets // where documents' record ids are kept; nil when no sink needs them
+	// docSetWriters: some sink is a DocSetWriter, which each batch gives
+	// the record ids its documents now have.
+	docSetWriters bool
+	// multi: the pillow has written record sets (see recordsets.go); writer only
+	multi  bool
 	reader DocReader // re-reads documents for retries; nil: no retries
 	// failed holds the ids of documents with an entry in the error store,
 	// so that a later success clears it. Only the write stage uses it.
@@ -169,6 +179,25 @@ func NewPillow(spec *Spec, opts RunOptions) *Pillow {
 	if p.cps == nil {
 		p.cps = spec.cps
 	}
+	p.sets = opts.RecordSets
+	needSets := false
+	for _, o := range spec.outputs {
+		if _, ok := o.Sink.(DocSetWriter); ok {
+			p.docSetWriters = true
+		} else {
+			needSets = true
+		}
+	}
+	if p.sets == nil && needSets {
+		if rs, ok := p.cps.(RecordSets); ok {
+			p.sets = rs
+		} else {
+			if p.cps != nil {
+				log.Warn("the checkpoint store keeps no record sets: they are kept in memory, and records a document stops producing before a restart stay in the sinks")
+			}
+			p.sets = &MemRecordSets{}
+		}
+	}
 	if p.cps != nil {
 		for _, o := range spec.outputs {
 			if ts, ok := o.Sink.(TransactionalSink); ok && ts.SharesStore(p.cps) {
@@ -184,6 +213,9 @@ func NewPillow(spec *Spec, opts RunOptions) *Pillow {
 type batch struct {
 	changes  []Change
 	records  []Record
+	touches  []touch // what each change left of its document, in order
+	sets     *docSets
+	docSets  []DocSet // for DocSetWriters: each document's last touch
 	failures []Failure
 	lastSeq  string
 	filtered int
@@ -241,6 +273,9 @@ func (p *Pillow) Run(ctx context.Context) error {
 	}
 	if err := p.loadFailed(ctx); err != nil {
 		return startErr(s.Name, "reading the error store", err)
+	}
+	if err := p.loadMarker(ctx); err != nil {
+		return startErr(s.Name, "reading the record sets", err)
 	}
 	// read stops the source and the retrier: when ctx is done, or when a
 	// sink fails for good.
@@ -618,10 +653,11 @@ const minChunk = 64
 func (p *Pillow) process(ws []*worker, b *batch) {
 	n := min(len(ws), (len(b.changes)+minChunk-1)/minChunk)
 	if n <= 1 {
-		b.records, b.failures, b.filtered = p.processChunk(ws[0], b.changes)
+		b.records, b.touches, b.failures, b.filtered = p.processChunk(ws[0], b.changes)
 	} else {
 		type part struct {
 			records  []Record
+			touches  []touch
 			failures []Failure
 			filtered int
 		}
@@ -634,7 +670,7 @@ func (p *Pillow) process(ws []*worker, b *batch) {
 			go func() {
 				defer wg.Done()
 				pt := &parts[i]
-				pt.records, pt.failures, pt.filtered = p.processChunk(ws[i], b.changes[lo:hi])
+				pt.records, pt.touches, pt.failures, pt.filtered = p.processChunk(ws[i], b.changes[lo:hi])
 			}()
 		}
 		wg.Wait()
@@ -645,6 +681,7 @@ func (p *Pillow) process(ws []*worker, b *batch) {
 		b.records = make([]Record, 0, total)
 		for _, pt := range parts {
 			b.records = append(b.records, pt.records...)
+			b.touches = append(b.touches, pt.touches...)
 			b.failures = append(b.failures, pt.failures...)
 			b.filtered += pt.filtered
 		}
@@ -657,9 +694,21 @@ func (p *Pillow) process(ws []*worker, b *batch) {
 	m.batchSize.WithLabelValues(name).Observe(float64(len(b.changes)))
 }
 
-func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Failure, filtered int) {
+func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, touches []touch, fails []Failure, filtered int) {
 	s := p.Spec
 	recs = make([]Record, 0, len(cs))
+	touches = make([]touch, 0, len(cs))
+	// left records that the change c left its document with: recs[from:].
+	left := func(c *Change, from int) {
+		t := touch{doc: c.ID, rev: c.Rev, seq: c.Seq}
+		if n := len(recs) - from; n > 0 {
+			t.ids = make([]string, n)
+			for i, r := range recs[from:] {
+				t.ids[i] = r.ID
+			}
+		}
+		touches = append(touches, t)
+	}
 	fail := func(c *Change, stage string, err error) {
 		fails = append(fails, Failure{Pillow: s.Name, Hash: s.Hash, Change: *c, Stage: stage, Err: err, Time: time.Now()})
 	}
@@ -677,6 +726,7 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 				filtered++
 			} else {
 				recs = append(recs, Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Delete: true})
+				left(c, len(recs))
 			}
 			continue
 		}
@@ -699,6 +749,7 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 				continue
 			}
 			recs = append(recs, Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Doc: raw})
+			left(c, len(recs)-1)
 			continue
 		}
 		var raw []byte // the document's text, for the order of doc's keys
@@ -717,6 +768,9 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 			}
 			if !ok {
 				filtered++
+				if !s.KeepFiltered {
+					left(c, len(recs))
+				}
 				continue
 			}
 		}
@@ -732,6 +786,7 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 				doc = b
 			}
 			recs = append(recs, Record{ID: c.ID, DocID: c.ID, Rev: c.Rev, Seq: c.Seq, Doc: doc})
+			left(c, len(recs)-1)
 			continue
 		}
 		n := len(recs)
@@ -739,9 +794,11 @@ func (p *Pillow) processChunk(w *worker, cs []Change) (recs []Record, fails []Fa
 		if recs, err = w.transform.run(c, raw, recs); err != nil {
 			recs = recs[:n]
 			fail(c, "transform", err)
+			continue
 		}
+		left(c, n)
 	}
-	return recs, fails, filtered
+	return recs, touches, fails, filtered
 }
 
 // passthrough returns a document's bytes as a record's content: a JSON
@@ -770,6 +827,11 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 	if err := p.lease.check(); err != nil {
 		return err
 	}
+	if b.sets == nil && b.docSets == nil {
+		if err := p.planSets(ctx, b); err != nil {
+			return err
+		}
+	}
 	var mu sync.Mutex
 	// sinkFailures are the failures of records o rejected.
 	sinkFailures := func(o NamedSink, re RecordErrors) []Failure {
@@ -795,13 +857,14 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 				return Permanent(err)
 			}
 			var err error
-			if ts, ok := o.Sink.(TransactionalSink); ok && o.Name == p.txSink {
-				// The transaction that moves the checkpoint commits only
-				// once the records it rejected are in the error store.
-				// The others' failures are recorded already; an attempt
-				// whose commit failed leaves none behind.
+			// The transaction that moves the checkpoint commits only once
+			// the records it rejected are in the error store. The others'
+			// failures are recorded already; an attempt whose commit failed
+			// leaves none behind.
+			var onRejected func(RecordErrors) error
+			if o.Name == p.txSink {
 				base := len(b.failures)
-				err = ts.WriteCheckpointed(ctx, b.records, p.opts.CheckpointName, b.lastSeq, func(re RecordErrors) error {
+				onRejected = func(re RecordErrors) error {
 					b.failures = append(b.failures[:base], sinkFailures(o, re)...)
 					recorded = min(recorded, base)
 					for ; recorded < len(b.failures); recorded++ {
@@ -810,7 +873,18 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 						}
 					}
 					return nil
-				})
+				}
+			}
+			if dw, ok := o.Sink.(DocSetWriter); ok {
+				seq := ""
+				if o.Name == p.txSink {
+					seq = b.lastSeq
+				}
+				if len(b.records) > 0 || len(b.docSets) > 0 || seq != "" {
+					err = dw.WriteDocSets(ctx, b.records, b.docSets, p.opts.CheckpointName, seq, onRejected)
+				}
+			} else if ts, ok := o.Sink.(TransactionalSink); ok && o.Name == p.txSink {
+				err = ts.WriteCheckpointed(ctx, b.records, p.opts.CheckpointName, b.lastSeq, onRejected)
 			} else if len(b.records) > 0 {
 				err = o.Sink.Write(ctx, b.records)
 			}
@@ -872,6 +946,9 @@ func (p *Pillow) write(ctx context.Context, b *batch) error {
 		if err := record(); err != nil {
 			return err
 		}
+	}
+	if err := p.commitSets(ctx, b); err != nil {
+		return err
 	}
 	if err := p.clearSucceeded(ctx, b); err != nil {
 		return err

@@ -38,6 +38,11 @@ type Config struct {
 	// the pillows reading from this source (see ErrorStore). It is created
 	// on the first failure. Default "ptop_errors".
 	ErrorsDB string `yaml:"errors_db" doc:"The database, on the same server, of the error store of pillows reading this source; created on the first failure (default ptop_errors)."`
+	// RecordsDB is the database, on the same server, where the pillows
+	// keeping their checkpoints in this source keep the ids of the
+	// records each document produced (see RecordSets). It is created on
+	// the first document that produces a record. Default "ptop_records".
+	RecordsDB string `yaml:"records_db" doc:"The database, on the same server, keeping the ids of the records each document produced, so that records a document no longer produces are deleted; created on first use (default ptop_records)."`
 	// TLS configures https connections, as every network sink's tls block.
 	TLS *tlsconf.Config `yaml:"tls" doc:"https settings: the same tls block as every network sink (ca_file, cert_file, key_file, server_name, insecure_skip_verify)."`
 }
@@ -48,11 +53,15 @@ const DefaultHeartbeat = 10 * time.Second
 // DefaultErrorsDB is the error store's database when none is configured.
 const DefaultErrorsDB = "ptop_errors"
 
+// DefaultRecordsDB is the record sets' database when none is configured.
+const DefaultRecordsDB = "ptop_records"
+
 // SetDefaults implements engine.Defaulter.
 func (c *Config) SetDefaults() {
 	c.Since = "0"
 	c.Heartbeat = engine.Duration(DefaultHeartbeat)
 	c.ErrorsDB = DefaultErrorsDB
+	c.RecordsDB = DefaultRecordsDB
 }
 
 // Validate implements engine.Validator.
@@ -90,6 +99,13 @@ func (c *Config) Validate(ch *engine.Check) {
 		ch.Errorf("errors_db", "invalid errors_db %q: %s", c.ErrorsDB, msg)
 	} else if c.ErrorsDB == c.DB {
 		ch.Errorf("errors_db", "errors_db must not be the source's database: its entries would show up in the changes feed")
+	}
+	if msg := checkDBName(c.RecordsDB); msg != "" {
+		ch.Errorf("records_db", "invalid records_db %q: %s", c.RecordsDB, msg)
+	} else if c.RecordsDB == c.DB {
+		ch.Errorf("records_db", "records_db must not be the source's database: its entries would show up in the changes feed")
+	} else if c.RecordsDB == c.ErrorsDB {
+		ch.Errorf("records_db", "records_db must not be errors_db")
 	}
 }
 

@@ -84,6 +84,11 @@ func TestConfigErrors(t *testing.T) {
 			[]string{`6:16: invalid errors_db "` + strings.Repeat("e", 239) + `": longer than 238 characters`}},
 		{"errors_db is db", "url: http://h:5984\ndb: cases\nerrors_db: cases",
 			[]string{`6:16: errors_db must not be the source's database: its entries would show up in the changes feed`}},
+		{"records_db is db", "url: http://h:5984\ndb: cases\nrecords_db: cases",
+			[]string{`6:17: records_db must not be the source's database: its entries would show up in the changes feed`}},
+		{"records_db is errors_db", "url: http://h:5984\ndb: cases\nrecords_db: ptop_errors",
+			[]string{`6:17: records_db must not be errors_db`}},
+		{"records_db uppercase", "url: http://h:5984\ndb: x\nrecords_db: Recs", []string{`6:17: invalid records_db "Recs": ` + dbName}},
 		{"unknown key", "url: http://h:5984\ndb: x\nheartbeats: 1s", []string{`6:5: unknown key "heartbeats" (did you mean "heartbeat"?)`}},
 		{"several", "db: x\nsince: later\nheartbeat: 0s", []string{
 			`4:5: missing required key "url"`,
@@ -118,13 +123,13 @@ func TestConfigValid(t *testing.T) {
 		want      Config
 	}{
 		{"defaults", "url: http://h:5984\ndb: x", Config{
-			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors"}},
+			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors", RecordsDB: "ptop_records"}},
 		{"since 0 as a number", "url: http://h:5984\ndb: x\nsince: 0", Config{
-			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors"}},
+			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors", RecordsDB: "ptop_records"}},
 		{"since integer", "url: http://h:5984\ndb: x\nsince: 42", Config{
-			URL: "http://h:5984", DB: "x", Since: "42", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors"}},
+			URL: "http://h:5984", DB: "x", Since: "42", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors", RecordsDB: "ptop_records"}},
 		{"since string seq", "url: http://h:5984\ndb: x\nsince: 12-g1AAAAB5eJzL", Config{
-			URL: "http://h:5984", DB: "x", Since: "12-g1AAAAB5eJzL", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors"}},
+			URL: "http://h:5984", DB: "x", Since: "12-g1AAAAB5eJzL", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors", RecordsDB: "ptop_records"}},
 		{"everything", `url: https://u:p@h/couch
 db: x
 since: now
@@ -133,13 +138,13 @@ heartbeat: 500ms
 checkpoint_id: mine`, Config{
 			URL: "https://u:p@h/couch", DB: "x", Since: "now",
 			Selector:  map[string]any{"type": "a", "n": map[string]any{"$gt": 2}, "tags": []any{"x", "y"}},
-			Heartbeat: engine.Duration(500 * time.Millisecond), CheckpointID: "mine", ErrorsDB: "ptop_errors"}},
+			Heartbeat: engine.Duration(500 * time.Millisecond), CheckpointID: "mine", ErrorsDB: "ptop_errors", RecordsDB: "ptop_records"}},
 		{"filter", "url: http://h:5984\ndb: x\nfilter: app/by_type\nparams: {type: 3}", Config{
 			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second),
-			Filter: "app/by_type", Params: map[string]string{"type": "3"}, ErrorsDB: "ptop_errors"}},
+			Filter: "app/by_type", Params: map[string]string{"type": "3"}, ErrorsDB: "ptop_errors", RecordsDB: "ptop_records"}},
 		{"errors_db", "url: http://h:5984\ndb: x\nerrors_db: pillows/errors_2+(a)-$", Config{
 			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second),
-			ErrorsDB: "pillows/errors_2+(a)-$"}},
+			ErrorsDB: "pillows/errors_2+(a)-$", RecordsDB: "ptop_records"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -13,6 +13,7 @@
 //	    heartbeat: 10s             # default 10s; a feed silent for 3 heartbeats is reconnected
 //	    checkpoint_id: _local/ptop-case-search   # default _local/ptop-<pillow name>
 //	    errors_db: ptop_errors     # default ptop_errors; the error store's database
+//	    records_db: ptop_records   # default ptop_records; the record sets' database
 //
 // Credentials come from the URL's userinfo or, when it has none, from the
 // environment variables COUCH_USER and COUCH_PASSWORD. They are sent with
@@ -31,7 +32,9 @@
 // The source keeps the error store of its pillows (engine.ErrorStoreProvider)
 // in the database errors_db of the same server, created on the first
 // failure, one document "<pillow>:<document id>" per failed document, and
-// reads documents again for their retries (engine.DocReader).
+// reads documents again for their retries (engine.DocReader). It keeps the
+// record sets of the pillows whose checkpoints it keeps (engine.RecordSets)
+// in the database records_db, created on first use (see recordsets.go).
 //
 // A wrong password, a refused access or a missing database at start are
 // errors that stop the source; network errors, server errors and stalls are

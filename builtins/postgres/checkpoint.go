@@ -2,8 +2,11 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -13,16 +16,21 @@ import (
 )
 
 // Checkpoints keeps pillows' checkpoints in a table, one row per pillow:
-// (pillow text primary key, seq text, updated_at timestamptz).
+// (pillow text primary key, seq text, updated_at timestamptz). Beside it,
+// in TABLE_records, it keeps the record sets of the pillows
+// (engine.RecordSets): (pillow text, doc_id text, ids text[], primary key
+// (pillow, doc_id)).
 type Checkpoints struct {
 	poolCfg *pgxpool.Config
 	conn    string // server, database and user, as the sinks compare them
 	table   pgx.Identifier
+	sets    pgx.Identifier // TABLE_records
 
 	mu         sync.Mutex
 	pool       *pgxpool.Pool
 	ready      bool // the table exists
 	leaseReady bool // the lease table exists
+	setsReady  bool // TABLE_records exists
 }
 
 // NewCheckpoints makes a checkpoint store from its configuration. It makes
@@ -40,7 +48,9 @@ func NewCheckpoints(cfg *CheckpointConfig, _ engine.BuildContext) (engine.Checkp
 	if err != nil {
 		return nil, err
 	}
-	return &Checkpoints{poolCfg: poolCfg, conn: conn, table: pgx.Identifier(table)}, nil
+	sets := append(pgx.Identifier(nil), table...)
+	sets[len(sets)-1] += "_records"
+	return &Checkpoints{poolCfg: poolCfg, conn: conn, table: pgx.Identifier(table), sets: sets}, nil
 }
 
 func (c *Checkpoints) getPool(ctx context.Context) (*pgxpool.Pool, error) {
@@ -122,6 +132,104 @@ func (c *Checkpoints) save(ctx context.Context, q querier, pillow, seq string) e
 	return err
 }
 
+// ensureSets creates TABLE_records if it is missing.
+func (c *Checkpoints) ensureSets(ctx context.Context, q querier) error {
+	c.mu.Lock()
+	ready := c.setsReady
+	c.mu.Unlock()
+	if ready {
+		return nil
+	}
+	stmt := fmt.Sprintf("SELECT pg_advisory_xact_lock(%d); ", lockKey(c.sets))
+	if len(c.sets) == 2 {
+		stmt += "CREATE SCHEMA IF NOT EXISTS " + pgx.Identifier{c.sets[0]}.Sanitize() + "; "
+	}
+	stmt += "CREATE TABLE IF NOT EXISTS " + c.sets.Sanitize() +
+		" (pillow text NOT NULL, doc_id text NOT NULL, ids text[] NOT NULL, PRIMARY KEY (pillow, doc_id))"
+	if _, err := q.Exec(ctx, stmt); err != nil {
+		return fmt.Errorf("creating record sets table %s: %w", c.sets.Sanitize(), err)
+	}
+	c.mu.Lock()
+	c.setsReady = true
+	c.mu.Unlock()
+	return nil
+}
+
+// LoadRecordSets implements engine.RecordSets.
+func (c *Checkpoints) LoadRecordSets(ctx context.Context, pillow string, docIDs []string) ([]engine.RecordSet, error) {
+	pool, err := c.getPool(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.ensureSets(ctx, pool); err != nil {
+		return nil, classify(err)
+	}
+	docIDs = slices.DeleteFunc(slices.Clone(docIDs), hasNUL)
+	rows, err := pool.Query(ctx, "SELECT doc_id, ids FROM "+c.sets.Sanitize()+" WHERE pillow = $1 AND doc_id = ANY($2::text[])", pillow, docIDs)
+	if err != nil {
+		return nil, classify(err)
+	}
+	var out []engine.RecordSet
+	for rows.Next() {
+		var rs engine.RecordSet
+		if err := rows.Scan(&rs.DocID, &rs.IDs); err != nil {
+			rows.Close()
+			return nil, classify(err)
+		}
+		out = append(out, rs)
+	}
+	return out, classify(rows.Err())
+}
+
+// SaveRecordSets implements engine.RecordSets, in one transaction.
+func (c *Checkpoints) SaveRecordSets(ctx context.Context, pillow string, sets []engine.RecordSet) ([]engine.RecordSet, error) {
+	pool, err := c.getPool(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.ensureSets(ctx, pool); err != nil {
+		return nil, classify(err)
+	}
+	var upDocs, upIDs, gone []string
+	for _, rs := range sets {
+		if hasNUL(rs.DocID) || slices.ContainsFunc(rs.IDs, hasNUL) {
+			continue // Postgres text cannot hold it; nor could a sink's row
+		}
+		if len(rs.IDs) == 0 {
+			gone = append(gone, rs.DocID)
+			continue
+		}
+		// ids travel as one JSON array per document: unnest cannot take
+		// an array of arrays of different lengths.
+		b, err := json.Marshal(rs.IDs)
+		if err != nil {
+			return nil, err
+		}
+		upDocs = append(upDocs, rs.DocID)
+		upIDs = append(upIDs, string(b))
+	}
+	tbl := c.sets.Sanitize()
+	b := &pgx.Batch{}
+	if len(upDocs) > 0 {
+		b.Queue("INSERT INTO "+tbl+" (pillow, doc_id, ids) SELECT $1, u.d, ARRAY(SELECT jsonb_array_elements_text(u.i::jsonb))"+
+			" FROM unnest($2::text[], $3::text[]) AS u(d, i) ON CONFLICT (pillow, doc_id) DO UPDATE SET ids = EXCLUDED.ids",
+			pillow, upDocs, upIDs)
+	}
+	if len(gone) > 0 {
+		b.Queue("DELETE FROM "+tbl+" WHERE pillow = $1 AND doc_id = ANY($2::text[])", pillow, gone)
+	}
+	if b.Len() == 0 {
+		return sets, nil
+	}
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return tx.SendBatch(ctx, b).Close() })
+	if err != nil {
+		return nil, classify(err)
+	}
+	return sets, nil
+}
+
+func hasNUL(s string) bool { return strings.IndexByte(s, 0) >= 0 }
+
 // Close closes the store's connections.
 func (c *Checkpoints) Close() error {
 	c.mu.Lock()
@@ -133,4 +241,7 @@ func (c *Checkpoints) Close() error {
 	return nil
 }
 
-var _ engine.CheckpointStore = (*Checkpoints)(nil)
+var (
+	_ engine.CheckpointStore = (*Checkpoints)(nil)
+	_ engine.RecordSets      = (*Checkpoints)(nil)
+)

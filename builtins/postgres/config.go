@@ -45,13 +45,15 @@ type Config struct {
 // DefaultTimeout is the write timeout when none is configured.
 const DefaultTimeout = 60 * time.Second
 
-// Reserved column names: the revision of the record's document, and the
-// feed position of the change it came from, the numeric prefix of its
-// sequence id ("42-g1AAAA…" → 42), which orders writes.
+// Reserved column names: the revision of the record's document, the feed
+// position of the change it came from, the numeric prefix of its sequence
+// id ("42-g1AAAA…" → 42), which orders writes, and the id of the record's
+// document.
 const (
-	revColumn = "_rev"
-	seqColumn = "_seq"
-	docColumn = "doc"
+	revColumn   = "_rev"
+	seqColumn   = "_seq"
+	docIDColumn = "_doc_id"
+	docColumn   = "doc"
 )
 
 // SetDefaults implements engine.Defaulter.
@@ -123,7 +125,7 @@ func (c *Config) Validate(ch *engine.Check) {
 
 // reserved reports whether name is a column the sink manages.
 func reserved(name string, doc bool) bool {
-	return name == revColumn || name == seqColumn || (doc && name == docColumn)
+	return name == revColumn || name == seqColumn || name == docIDColumn || (doc && name == docColumn)
 }
 
 // checkDSN returns what is wrong with a connection string, never repeating

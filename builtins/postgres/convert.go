@@ -57,6 +57,7 @@ type row struct {
 	rev   value   // the revision, NULL when the record has none
 	pos   int64   // the change's feed position (engine.SeqPosition)
 	hasP  bool    // false: no position, no ordering
+	docID value   // the id of the record's document, NULL when unknown
 	del   bool
 }
 
@@ -124,6 +125,12 @@ func head(i int, r *engine.Record) (row, error) {
 			return out, errors.New("the revision contains a NUL character")
 		}
 		out.rev = value{s: r.Rev, ok: true}
+	}
+	if r.DocID != "" {
+		if strings.IndexByte(r.DocID, 0) >= 0 {
+			return out, errors.New("the document id contains a NUL character")
+		}
+		out.docID = value{s: r.DocID, ok: true}
 	}
 	return out, nil
 }
@@ -229,6 +236,8 @@ func (e *encoder) appendCopy(buf []byte, r *engine.Record, rw *row) ([]byte, err
 	} else {
 		buf = append(buf, `\N`...)
 	}
+	buf = append(buf, '\t')
+	buf = copyValue(buf, rw.docID)
 	return append(buf, '\n'), nil
 }
 

@@ -20,9 +20,10 @@
 //
 // The table has the key column (text primary key when the sink creates
 // it), the configured columns, doc jsonb (unless doc: false), _rev text,
-// the record's revision, and _seq bigint, the feed position of the change
-// it was written from (the numeric prefix of its sequence id: "42" and
-// "42-g1AAAA…" are 42). Without create a
+// the record's revision, _seq bigint, the feed position of the change it
+// was written from (the numeric prefix of its sequence id: "42" and
+// "42-g1AAAA…" are 42), and _doc_id text, the id of the record's
+// document, indexed. Without create a
 // missing table or column stops the pillow at start, with the ALTER TABLE
 // that would fix it; the key column needs a primary key or unique index.
 // Columns of an existing table keep their types: values are converted to
@@ -55,6 +56,11 @@
 // them. When the feed goes back (its database was recreated), the engine
 // stops the pillow and asks for a reindex: see the README.
 //
+// The sink is an engine.DocSetWriter: after a batch's upserts and deletes,
+// the rows of the batch's documents (by _doc_id) whose keys the documents'
+// last changes no longer produce are deleted, unless they are of a newer
+// generation, in the same transaction.
+//
 // Rows whose key is not in the table yet go in with COPY (text format,
 // encoded while Postgres reads it); the others with one INSERT … ON
 // CONFLICT DO UPDATE over unnest()ed arrays. The keys are looked up first,
@@ -82,7 +88,8 @@
 //
 // The `postgres` checkpoint store keeps one row per pillow in a table
 // (pillow text primary key, seq text, updated_at timestamptz), created
-// when missing; sequence ids are stored verbatim. When a pillow's
+// when missing; sequence ids are stored verbatim. It keeps the pillows'
+// record sets (engine.RecordSets) in TABLE_records beside it. When a pillow's
 // checkpoint store and one of its postgres sinks use the same server,
 // database and user, that sink saves the checkpoint in the transaction of
 // each batch: the table and the checkpoint never disagree, even after a
@@ -298,7 +305,27 @@ func (s *Sink) schema(ctx context.Context) (*schema, error) {
 
 // Write implements engine.Sink.
 func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
-	return s.writeTx(ctx, records, "", "", nil)
+	return s.writeTx(ctx, records, nil, "", "", nil)
+}
+
+// WriteDocSets implements engine.DocSetWriter: in the batch's transaction,
+// after its records, the rows of the documents of sets whose keys the
+// documents no longer produce are deleted (found by _doc_id), unless they
+// were written from a later feed position than the set's change. With
+// seq, the checkpoint is saved in it too, after recordRejected has taken
+// the records Postgres rejected.
+func (s *Sink) WriteDocSets(ctx context.Context, records []engine.Record, sets []engine.DocSet, pillow, seq string, recordRejected func(engine.RecordErrors) error) error {
+	if seq != "" {
+		s.mu.Lock()
+		cps := s.cps
+		s.mu.Unlock()
+		if cps == nil {
+			return errors.New("postgres: a checkpoint to save without a checkpoint store in the same database")
+		}
+	} else {
+		pillow, recordRejected = "", nil
+	}
+	return s.writeTx(ctx, records, sets, pillow, seq, recordRejected)
 }
 
 // SharesStore implements engine.TransactionalSink: cps shares this sink's
@@ -330,7 +357,7 @@ func (s *Sink) WriteCheckpointed(ctx context.Context, records []engine.Record, p
 	if seq == "" {
 		pillow = ""
 	}
-	return s.writeTx(ctx, records, pillow, seq, recordRejected)
+	return s.writeTx(ctx, records, nil, pillow, seq, recordRejected)
 }
 
 // Close implements engine.Sink.
@@ -375,6 +402,7 @@ type batch struct {
 	records  []engine.Record
 	ups      []row // one per id, values not encoded yet
 	dels     []row
+	sets     []engine.DocSet // documents whose other rows go
 	rejected engine.RecordErrors
 	// failed are the records rejected before the transaction (no id);
 	// onRejected, when set, is given them and rejected before the commit.
@@ -389,10 +417,11 @@ func (b *batch) reject(r row, err error) {
 	b.rejected = append(b.rejected, engine.RecordError{Index: r.index, Err: rejection(err)})
 }
 
-// writeTx writes a batch, with pillow's checkpoint when seq is set. With
-// recordRejected, the rejected records are handed to it before the commit
-// instead of being returned.
-func (s *Sink) writeTx(ctx context.Context, records []engine.Record, pillow, seq string, recordRejected func(engine.RecordErrors) error) error {
+// writeTx writes a batch, then removes the other rows of the documents of
+// sets, with pillow's checkpoint when seq is set. With recordRejected, the
+// rejected records are handed to it before the commit instead of being
+// returned.
+func (s *Sink) writeTx(ctx context.Context, records []engine.Record, sets []engine.DocSet, pillow, seq string, recordRejected func(engine.RecordErrors) error) error {
 	sch, err := s.schema(ctx)
 	if err != nil {
 		return err
@@ -401,7 +430,7 @@ func (s *Sink) writeTx(ctx context.Context, records []engine.Record, pillow, seq
 	if err != nil {
 		return err
 	}
-	b := &batch{records: records}
+	b := &batch{records: records, sets: sets}
 	var failed engine.RecordErrors
 	rows := make([]row, 0, len(records))
 	for i := range records {
@@ -419,7 +448,7 @@ func (s *Sink) writeTx(ctx context.Context, records []engine.Record, pillow, seq
 			b.ups = append(b.ups, r)
 		}
 	}
-	if len(b.ups) == 0 && len(b.dels) == 0 && seq == "" && recordRejected == nil {
+	if len(b.ups) == 0 && len(b.dels) == 0 && len(b.sets) == 0 && seq == "" && recordRejected == nil {
 		return recordErrors(failed)
 	}
 	b.failed, b.onRejected = failed, recordRejected
@@ -511,7 +540,7 @@ func recordErrors(errs engine.RecordErrors) error {
 // are found by bisection.
 func (s *Sink) transaction(ctx context.Context, pool *pgxpool.Pool, sch *schema, b *batch, m mode,
 	cps *Checkpoints, pillow, seq string) error {
-	if m == copyAll && len(b.dels) == 0 && seq == "" && b.onRejected == nil {
+	if m == copyAll && len(b.dels) == 0 && len(b.sets) == 0 && seq == "" && b.onRejected == nil {
 		// One COPY is a transaction of its own: no BEGIN and COMMIT
 		// round trips.
 		conn, err := pool.Acquire(ctx)
@@ -569,6 +598,11 @@ func (s *Sink) transaction(ctx context.Context, pool *pgxpool.Pool, sch *schema,
 	}
 	if len(b.dels) > 0 {
 		if err := bisect(ctx, tx, b.dels, func(rs []row) error { return deleteRows(ctx, tx, sch, rs) }, b.reject); err != nil {
+			return err
+		}
+	}
+	if len(b.sets) > 0 {
+		if err := replaceDocs(ctx, tx, sch, b.sets); err != nil {
 			return err
 		}
 	}
@@ -696,6 +730,7 @@ func upsert(ctx context.Context, tx pgx.Tx, sch *schema, rows []row) error {
 	}
 	revs := make([]pgtype.Text, len(rows))
 	gens := make([]pgtype.Int8, len(rows))
+	docs := make([]pgtype.Text, len(rows))
 	for i := range rows {
 		r := &rows[i]
 		keys[i] = r.key
@@ -704,13 +739,14 @@ func upsert(ctx context.Context, tx pgx.Tx, sch *schema, rows []row) error {
 		}
 		revs[i] = pgtype.Text{String: r.rev.s, Valid: r.rev.ok}
 		gens[i] = pgtype.Int8{Int64: r.pos, Valid: r.hasP}
+		docs[i] = pgtype.Text{String: r.docID.s, Valid: r.docID.ok}
 	}
-	args := make([]any, 0, ncols+3)
+	args := make([]any, 0, ncols+4)
 	args = append(args, keys)
 	for _, c := range cols {
 		args = append(args, c)
 	}
-	args = append(args, revs, gens)
+	args = append(args, revs, gens, docs)
 	_, err := tx.Exec(ctx, sch.upsertSQL, args...)
 	return err
 }
@@ -725,6 +761,50 @@ func deleteRows(ctx context.Context, tx pgx.Tx, sch *schema, rows []row) error {
 	}
 	_, err := tx.Exec(ctx, sch.deleteSQL, keys, gens)
 	return err
+}
+
+// replaceDocs deletes the rows of the documents of sets whose keys their
+// sets do not name, unless of a newer generation than the set's revision:
+// it looks the documents' rows up by _doc_id, then deletes the stale ones
+// by key, as deletions are (the generation guard included).
+func replaceDocs(ctx context.Context, tx pgx.Tx, sch *schema, sets []engine.DocSet) error {
+	docs := make([]string, 0, len(sets))
+	bySet := make(map[string]*engine.DocSet, len(sets))
+	for i := range sets {
+		ds := &sets[i]
+		if strings.IndexByte(ds.DocID, 0) >= 0 {
+			continue // no row can have it
+		}
+		docs = append(docs, ds.DocID)
+		bySet[ds.DocID] = ds
+	}
+	rs, err := tx.Query(ctx, sch.docRowsSQL, docs)
+	if err != nil {
+		return err
+	}
+	var stale []row
+	for rs.Next() {
+		var key, doc string
+		if err := rs.Scan(&key, &doc); err != nil {
+			rs.Close()
+			return err
+		}
+		ds := bySet[doc]
+		if ds == nil || slices.Contains(ds.IDs, key) {
+			continue
+		}
+		r := row{key: key, del: true}
+		r.pos = engine.SeqPosition(ds.Seq)
+		r.hasP = r.pos >= 0
+		stale = append(stale, r)
+	}
+	if err := rs.Err(); err != nil {
+		return err
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	return deleteRows(ctx, tx, sch, stale)
 }
 
 // bisect runs op on rows under a savepoint; when Postgres rejects a record
@@ -817,4 +897,5 @@ var (
 	_ engine.Sink              = (*Sink)(nil)
 	_ engine.TransactionalSink = (*Sink)(nil)
 	_ engine.PositionGuard     = (*Sink)(nil)
+	_ engine.DocSetWriter      = (*Sink)(nil)
 )

@@ -304,7 +304,7 @@ func TestCreateTable(t *testing.T) {
 	open(t, s)
 	got := table(t, pg, dsn, `SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute
 		WHERE attrelid = '"Reports"."CaseList"'::regclass AND attnum > 0 ORDER BY attnum`)
-	want := "case_id|text|true\nzeta|text|false\nopened_on|timestamp with time zone|false\ntags|text[]|false\ndoc|jsonb|false\n_rev|text|false\n_seq|bigint|false"
+	want := "case_id|text|true\nzeta|text|false\nopened_on|timestamp with time zone|false\ntags|text[]|false\ndoc|jsonb|false\n_rev|text|false\n_seq|bigint|false\n_doc_id|text|false"
 	if got != want {
 		t.Fatalf("columns:\n%s\nwant\n%s", got, want)
 	}
@@ -328,12 +328,12 @@ func TestOpenErrors(t *testing.T) {
 	pg := testenv.SharedPostgres(t)
 	dsn := pg.NewDatabase(t)
 	pg.ExecIn(t, dsn, `CREATE TABLE partial (_id text PRIMARY KEY, name text, _rev text);
-		CREATE TABLE nokey (_id text, doc jsonb, _rev text, _seq bigint)`)
+		CREATE TABLE nokey (_id text, doc jsonb, _rev text, _seq bigint, _doc_id text)`)
 	for _, tc := range []struct{ cfg, want string }{
 		{"table: missing\n", `table missing does not exist: create it, or set create: true`},
 		{"table: s.missing\n", `table s.missing does not exist`},
 		{"table: partial\ncolumns: {name: text, opened_on: timestamptz}\n",
-			`table partial has no column "opened_on", "doc", "_seq": add them with ALTER TABLE "partial" ADD COLUMN "opened_on" timestamptz, ADD COLUMN "doc" jsonb, ADD COLUMN "_seq" bigint, or set create: true`},
+			`table partial has no column "opened_on", "doc", "_seq", "_doc_id": add them with ALTER TABLE "partial" ADD COLUMN "opened_on" timestamptz, ADD COLUMN "doc" jsonb, ADD COLUMN "_seq" bigint, ADD COLUMN "_doc_id" text; CREATE INDEX ON "partial" ("_doc_id"), or set create: true`},
 		{"table: partial\nkey: id\ndoc: false\n", `table partial has no key column "id"`},
 		{"table: nokey\n", `table nokey has no primary key or unique index on its key column "_id" (upserts need one): ALTER TABLE "nokey" ADD PRIMARY KEY ("_id")`},
 		{"table: x\ncolumns: {a: nosuchtype}\ncreate: true\n", `column "a": type "nosuchtype" does not exist in this database`},
@@ -370,7 +370,7 @@ func TestTableDroppedWhileRunning(t *testing.T) {
 	pg := testenv.SharedPostgres(t)
 	dsn := pg.NewDatabase(t)
 	for _, create := range []bool{true, false} {
-		pg.ExecIn(t, dsn, "CREATE TABLE IF NOT EXISTS dropme (_id text PRIMARY KEY, doc jsonb, _rev text, _seq bigint)")
+		pg.ExecIn(t, dsn, "CREATE TABLE IF NOT EXISTS dropme (_id text PRIMARY KEY, doc jsonb, _rev text, _seq bigint, _doc_id text)")
 		s := loadSink(t, fmt.Sprintf("dsn: %q\ntable: dropme\ncreate: %v\n", dsn, create))
 		open(t, s)
 		write(t, s, rec("a", "1-a", map[string]any{}))

@@ -53,7 +53,7 @@ func TestRebuildTargetCreatesAndReuses(t *testing.T) {
 	pg := testenv.SharedPostgres(t)
 	dsn := pg.NewDatabase(t)
 	// A table made by hand, written without create.
-	pg.ExecIn(t, dsn, `CREATE TABLE cases (_id text PRIMARY KEY, name varchar(10), doc jsonb, _rev text, _seq bigint);
+	pg.ExecIn(t, dsn, `CREATE TABLE cases (_id text PRIMARY KEY, name varchar(10), doc jsonb, _rev text, _seq bigint, _doc_id text);
 		INSERT INTO cases VALUES ('old', 'Old', '{}', '1-a', 1)`)
 	cfg := fmt.Sprintf("dsn: %q\ntable: cases\ncolumns: {name: text, age: integer}\n", dsn)
 	s := loadSink(t, cfg)
@@ -61,7 +61,7 @@ func TestRebuildTargetCreatesAndReuses(t *testing.T) {
 	// As create: true makes it from this configuration.
 	got := table(t, pg, dsn, `SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute
 		WHERE attrelid = 'cases__reindex'::regclass AND attnum > 0 ORDER BY attnum`)
-	want := "_id|text|true\nname|text|false\nage|integer|false\ndoc|jsonb|false\n_rev|text|false\n_seq|bigint|false"
+	want := "_id|text|true\nname|text|false\nage|integer|false\ndoc|jsonb|false\n_rev|text|false\n_seq|bigint|false\n_doc_id|text|false"
 	if got != want {
 		t.Fatalf("columns:\n%s\nwant\n%s", got, want)
 	}
@@ -242,7 +242,7 @@ func TestPromote(t *testing.T) {
 	if len(seen) != 2 || seen["100 live"] == 0 || seen["101 rebuilt"] == 0 {
 		t.Fatalf("readers saw %v", seen)
 	}
-	if got, want := relations(t, pg, dsn, "public"), "cases(r)\ncases_pkey(i)"; got != want {
+	if got, want := relations(t, pg, dsn, "public"), "cases(r)\ncases__doc_id_idx(i)\ncases_pkey(i)"; got != want {
 		t.Fatalf("relations:\n%s\nwant\n%s", got, want)
 	}
 
@@ -252,7 +252,7 @@ func TestPromote(t *testing.T) {
 	if got, want := table(t, pg, dsn, "SELECT _id, name, _rev FROM cases WHERE _id IN ('d000', 'd001') ORDER BY 1"), "d000|caught up|3-c\nd001|rebuilt|2-b"; got != want {
 		t.Fatalf("catch-up rows:\n%s\nwant\n%s", got, want)
 	}
-	if got := relations(t, pg, dsn, "public"); strings.Contains(got, "__") {
+	if got := relations(t, pg, dsn, "public"); strings.Contains(got, "__reindex") || strings.Contains(got, "__old") {
 		t.Fatalf("a rebuild table is back: %s", got)
 	}
 	// A second Promote has nothing to swap in.
@@ -274,9 +274,9 @@ func TestRepeatedReindexes(t *testing.T) {
 		target := rebuildTarget(t, s)
 		write(t, target, rec(fmt.Sprintf("r%d", round+1), "1-a", map[string]any{"name": fmt.Sprint("round ", round+1)}))
 		msg := promote(t, s, keepOld)
-		want, rels := "table cases replaced by the rebuilt one (old one dropped)", "cases(r)\ncases_pkey(i)"
+		want, rels := "table cases replaced by the rebuilt one (old one dropped)", "cases(r)\ncases__doc_id_idx(i)\ncases_pkey(i)"
 		if keepOld {
-			want, rels = "table cases replaced by the rebuilt one (old one kept as cases__old)", "cases(r)\ncases__old(r)\ncases__old_pkey(i)\ncases_pkey(i)"
+			want, rels = "table cases replaced by the rebuilt one (old one kept as cases__old)", "cases(r)\ncases__doc_id_idx(i)\ncases__old(r)\ncases__old__doc_id_idx(i)\ncases__old_pkey(i)\ncases_pkey(i)"
 		}
 		if msg != want {
 			t.Errorf("round %d: message %q, want %q", round+1, msg, want)
@@ -314,7 +314,7 @@ func TestRebuildWithoutLiveTable(t *testing.T) {
 	if msg := promote(t, s, true); msg != "table fresh created from the rebuilt one (there was none)" {
 		t.Errorf("message %q", msg)
 	}
-	if got, want := relations(t, pg, dsn, "public"), "fresh(r)\nfresh_pkey(i)"; got != want {
+	if got, want := relations(t, pg, dsn, "public"), "fresh(r)\nfresh__doc_id_idx(i)\nfresh_pkey(i)"; got != want {
 		t.Fatalf("relations:\n%s\nwant\n%s", got, want)
 	}
 	open(t, s)
@@ -341,7 +341,7 @@ func TestRebuildSchemaQualified(t *testing.T) {
 	if msg := promote(t, s, true); msg != "table Reports.CaseList replaced by the rebuilt one (old one kept as Reports.CaseList__old)" {
 		t.Errorf("message %q", msg)
 	}
-	if got, want := relations(t, pg, dsn, "Reports"), "CaseList(r)\nCaseList__old(r)\nCaseList__old_pkey(i)\nCaseList_pkey(i)"; got != want {
+	if got, want := relations(t, pg, dsn, "Reports"), "CaseList(r)\nCaseList__doc_id_idx(i)\nCaseList__old(r)\nCaseList__old__doc_id_idx(i)\nCaseList__old_pkey(i)\nCaseList_pkey(i)"; got != want {
 		t.Fatalf("relations:\n%s\nwant\n%s", got, want)
 	}
 	write(t, s, rec("live2", "1-a", map[string]any{"n": 3.0}))
@@ -353,13 +353,13 @@ func TestRebuildSchemaQualified(t *testing.T) {
 	}
 
 	// search_path = first, second; the table is in second.
-	pg.ExecIn(t, dsn, `CREATE SCHEMA first; CREATE SCHEMA second; CREATE TABLE second.t (_id text PRIMARY KEY, doc jsonb, _rev text, _seq bigint)`)
+	pg.ExecIn(t, dsn, `CREATE SCHEMA first; CREATE SCHEMA second; CREATE TABLE second.t (_id text PRIMARY KEY, doc jsonb, _rev text, _seq bigint, _doc_id text)`)
 	sp := dsn + "&search_path=first,second"
 	s = loadSink(t, fmt.Sprintf("dsn: %q\ntable: t\n", sp))
 	open(t, s)
 	write(t, rebuildTarget(t, s), rec("rebuilt", "1-a", nil))
 	promote(t, s, false)
-	if got, want := relations(t, pg, dsn, "second"), "t(r)\nt_pkey(i)"; got != want {
+	if got, want := relations(t, pg, dsn, "second"), "t(r)\nt__doc_id_idx(i)\nt_pkey(i)"; got != want {
 		t.Fatalf("relations in second:\n%s\nwant\n%s", got, want)
 	}
 	if got := relations(t, pg, dsn, "first"); got != "" {
@@ -536,6 +536,7 @@ func TestPromoteCarriesIndexesAndGrants(t *testing.T) {
 		t.Errorf("message\n%s\nwant\n%s", msg, want)
 	}
 	want := `by_domain|CREATE UNIQUE INDEX by_domain ON public.cases USING btree (domain, name) WHERE (domain IS NOT NULL)
+cases__doc_id_idx|CREATE INDEX cases__doc_id_idx ON public.cases USING btree (_doc_id)
 cases_expr_idx|CREATE INDEX cases_expr_idx ON public.cases USING btree (((doc ->> 'x'::text)))
 cases_name_idx|CREATE INDEX cases_name_idx ON public.cases USING btree (name)
 cases_pkey|CREATE UNIQUE INDEX cases_pkey ON public.cases USING btree (_id)`
@@ -562,7 +563,7 @@ cases_pkey|CREATE UNIQUE INDEX cases_pkey ON public.cases USING btree (_id)`
 	if got := indexes(); got != want {
 		t.Fatalf("indexes after the second rebuild:\n%s\nwant\n%s", got, want)
 	}
-	if got, want := relations(t, pg, dsn, "public"), "by_domain(i)\ncases(r)\ncases__old(r)\ncases__old_by_domain(i)\ncases__old_expr_idx(i)\ncases__old_name_idx(i)\ncases__old_pkey(i)\ncases_expr_idx(i)\ncases_name_idx(i)\ncases_pkey(i)"; got != want {
+	if got, want := relations(t, pg, dsn, "public"), "by_domain(i)\ncases(r)\ncases__doc_id_idx(i)\ncases__old(r)\ncases__old__doc_id_idx(i)\ncases__old_by_domain(i)\ncases__old_expr_idx(i)\ncases__old_name_idx(i)\ncases__old_pkey(i)\ncases_expr_idx(i)\ncases_name_idx(i)\ncases_pkey(i)"; got != want {
 		t.Fatalf("relations:\n%s\nwant\n%s", got, want)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -21,8 +22,11 @@ type schema struct {
 	newEncoder  func() *encoder
 	existingSQL string // $1 keys → the 1-based ordinals of those present
 	copySQL     string // COPY of new rows, text format
-	upsertSQL   string // $1 keys, then one text[] per data column, revs, positions
+	upsertSQL   string // $1 keys, then one text[] per data column, revs, positions, document ids
 	deleteSQL   string // $1 keys, $2 positions
+	// docRowsSQL finds, by the _doc_id index, the keys (as text) of the
+	// rows of the documents $1, with their documents.
+	docRowsSQL string
 }
 
 type column struct {
@@ -134,8 +138,12 @@ func (s *Sink) ensureSchema(ctx context.Context, conn querier, d dest) (*schema,
 		for _, m := range missing {
 			defs = append(defs, "ADD COLUMN "+pgx.Identifier{m}.Sanitize()+" "+s.managedType(m))
 		}
-		return nil, engine.Permanent(fmt.Errorf("table %s has no column %s: add %s with ALTER TABLE %s %s, or set create: true",
-			d.name, quoteList(missing), plural(len(missing), "it", "them"), d.table.Sanitize(), strings.Join(defs, ", ")))
+		fix := "ALTER TABLE " + d.table.Sanitize() + " " + strings.Join(defs, ", ")
+		if slices.Contains(missing, docIDColumn) {
+			fix += "; CREATE INDEX ON " + d.table.Sanitize() + " (" + pgx.Identifier{docIDColumn}.Sanitize() + ")"
+		}
+		return nil, engine.Permanent(fmt.Errorf("table %s has no column %s: add %s with %s, or set create: true",
+			d.name, quoteList(missing), plural(len(missing), "it", "them"), fix))
 	}
 	var unique bool
 	err = conn.QueryRow(ctx, `SELECT EXISTS (
@@ -184,7 +192,7 @@ func (s *Sink) managedColumns() []column {
 	if s.cfg.Doc {
 		cs = append(cs, column{name: docColumn, typ: "jsonb"})
 	}
-	return append(cs, column{name: revColumn, typ: "text"}, column{name: seqColumn, typ: "bigint"})
+	return append(cs, column{name: revColumn, typ: "text"}, column{name: seqColumn, typ: "bigint"}, column{name: docIDColumn, typ: "text"})
 }
 
 func (s *Sink) managedType(name string) string {
@@ -207,8 +215,20 @@ func (s *Sink) createTable(ctx context.Context, conn querier, d dest) error {
 	if len(d.table) == 2 {
 		stmts = append(stmts, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{d.table[0]}.Sanitize())
 	}
-	stmts = append(stmts, "CREATE TABLE IF NOT EXISTS "+d.table.Sanitize()+" (\n  "+strings.Join(defs, ",\n  ")+"\n)")
+	stmts = append(stmts, "CREATE TABLE IF NOT EXISTS "+d.table.Sanitize()+" (\n  "+strings.Join(defs, ",\n  ")+"\n)",
+		docIDIndex(d.table))
 	return ddl(ctx, conn, d.table, stmts)
+}
+
+// docIDIndex creates the index of the _doc_id column, by which the rows of
+// a document are found when it is written again, unless the table has one.
+// Postgres names it (cases__doc_id_idx, or another free name).
+func docIDIndex(table pgx.Identifier) string {
+	tbl := table.Sanitize()
+	col := pgx.Identifier{docIDColumn}.Sanitize()
+	return "DO $ptop$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]" +
+		" WHERE i.indrelid = '" + strings.ReplaceAll(tbl, "'", "''") + "'::regclass AND a.attname = '" + docIDColumn + "')" +
+		" THEN CREATE INDEX ON " + tbl + " (" + col + "); END IF; END $ptop$"
 }
 
 func (s *Sink) addColumns(ctx context.Context, conn querier, d dest, names []string) error {
@@ -217,7 +237,11 @@ func (s *Sink) addColumns(ctx context.Context, conn querier, d dest, names []str
 		adds = append(adds, "ADD COLUMN IF NOT EXISTS "+pgx.Identifier{n}.Sanitize()+" "+s.managedType(n))
 	}
 	s.log.Info("adding columns", "table", d.name, "columns", strings.Join(names, ","))
-	return ddl(ctx, conn, d.table, []string{"ALTER TABLE " + d.table.Sanitize() + " " + strings.Join(adds, ", ")})
+	stmts := []string{"ALTER TABLE " + d.table.Sanitize() + " " + strings.Join(adds, ", ")}
+	if slices.Contains(names, docIDColumn) {
+		stmts = append(stmts, docIDIndex(d.table))
+	}
+	return ddl(ctx, conn, d.table, stmts)
 }
 
 // ddl runs statements in a transaction holding an advisory lock named
@@ -270,14 +294,14 @@ func (s *Sink) prepare(d dest, cols map[string]column) *schema {
 	for _, c := range data {
 		names = append(names, pgx.Identifier{c}.Sanitize())
 	}
-	names = append(names, pgx.Identifier{revColumn}.Sanitize(), pgx.Identifier{seqColumn}.Sanitize())
+	names = append(names, pgx.Identifier{revColumn}.Sanitize(), pgx.Identifier{seqColumn}.Sanitize(), pgx.Identifier{docIDColumn}.Sanitize())
 
 	// unnest($1::text[], …) AS u(c0, …): every value travels as text and
 	// is cast to its column's type, as COPY's text format would parse it.
 	var params, aliases, selects, sets []string
 	for i := range names {
 		typ := "text"
-		if i == len(names)-1 {
+		if i == len(names)-2 {
 			typ = "int8"
 		}
 		params = append(params, fmt.Sprintf("$%d::%s[]", i+1, typ))
@@ -288,7 +312,7 @@ func (s *Sink) prepare(d dest, cols map[string]column) *schema {
 		selects = append(selects, fmt.Sprintf("u.c%d::%s", i+1, cols[c].cast))
 	}
 	n := len(names)
-	selects = append(selects, fmt.Sprintf("u.c%d", n-2), fmt.Sprintf("u.c%d", n-1))
+	selects = append(selects, fmt.Sprintf("u.c%d", n-3), fmt.Sprintf("u.c%d", n-2), fmt.Sprintf("u.c%d", n-1))
 	for _, nm := range names[1:] {
 		sets = append(sets, nm+" = EXCLUDED."+nm)
 	}
@@ -307,6 +331,8 @@ func (s *Sink) prepare(d dest, cols map[string]column) *schema {
 		upsertSQL: fmt.Sprintf("INSERT INTO %s AS t (%s)\nSELECT %s\nFROM unnest(%s) AS u(%s)\nON CONFLICT (%s) DO UPDATE SET %s\nWHERE %s",
 			tbl, strings.Join(names, ", "), strings.Join(selects, ", "), strings.Join(params, ", "), strings.Join(aliases, ", "),
 			key, strings.Join(sets, ", "), newer),
+		docRowsSQL: fmt.Sprintf("SELECT t.%s::text, t.%s FROM %s AS t WHERE t.%s = ANY($1::text[])",
+			key, pgx.Identifier{docIDColumn}.Sanitize(), tbl, pgx.Identifier{docIDColumn}.Sanitize()),
 		deleteSQL: fmt.Sprintf("DELETE FROM %s AS t USING unnest($1::text[], $2::int8[]) AS d(k, g)\nWHERE t.%s = d.k::%s AND (t.%s IS NULL OR d.g IS NULL OR t.%s <= d.g)",
 			tbl, key, keyType, gen, gen),
 	}

@@ -94,7 +94,9 @@ func TestRunFileSourceToEnd(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	got, _ := os.ReadFile(outA)
-	want := `{"action":"index","id":"r-a","doc":{"_id":"r-a","v":10}}` + "\n" + `{"action":"delete","id":"a"}` + "\n"
+	// Deleting a deletes the record with its id, as always, and r-a, the
+	// record it produced (records follow their document).
+	want := `{"action":"index","id":"r-a","doc":{"_id":"r-a","v":10}}` + "\n" + `{"action":"delete","id":"a"}` + "\n" + `{"action":"delete","id":"r-a"}` + "\n"
 	if string(got) != want {
 		t.Fatalf("one wrote:\n%s\nwant:\n%s", got, want)
 	}
