@@ -45,9 +45,9 @@ func TestRecordsFollowTheirDocument(t *testing.T) {
 	}
 }
 
-// TestReplaceKeepsNewerRows: a document's set written from an older
-// revision (a reindex behind the live feed) removes none of the rows a
-// newer revision wrote.
+// TestReplaceKeepsNewerRows: a document's set written from an earlier feed
+// position (a reindex behind the live feed) removes none of the rows a
+// later position wrote.
 func TestReplaceKeepsNewerRows(t *testing.T) {
 	t.Parallel()
 	pg := testenv.SharedPostgres(t)
@@ -55,19 +55,20 @@ func TestReplaceKeepsNewerRows(t *testing.T) {
 	s := loadSink(t, fmt.Sprintf("dsn: %q\ntable: t\ncreate: true\n", dsn))
 	open(t, s)
 	ctx := context.Background()
+	// Each revision n-a comes from feed position n.
 	r := func(id, doc, rev string) engine.Record {
-		return engine.Record{ID: id, DocID: doc, Rev: rev, Doc: map[string]any{}}
+		return engine.Record{ID: id, DocID: doc, Rev: rev, Seq: rev[:1], Doc: map[string]any{}}
 	}
 	if err := s.WriteDocSets(ctx, []engine.Record{r("d:a", "d", "1-a"), r("d:b", "d", "1-a"), r("e:a", "e", "1-a")},
-		[]engine.DocSet{{DocID: "d", Rev: "1-a", IDs: []string{"d:a", "d:b"}}, {DocID: "e", Rev: "1-a", IDs: []string{"e:a"}}}, "", "", nil); err != nil {
+		[]engine.DocSet{{DocID: "d", Rev: "1-a", Seq: "1", IDs: []string{"d:a", "d:b"}}, {DocID: "e", Rev: "1-a", Seq: "1", IDs: []string{"e:a"}}}, "", "", nil); err != nil {
 		t.Fatal(err)
 	}
 	// d now produces d:c only, at 3-a.
-	if err := s.WriteDocSets(ctx, []engine.Record{r("d:c", "d", "3-a")}, []engine.DocSet{{DocID: "d", Rev: "3-a", IDs: []string{"d:c"}}}, "", "", nil); err != nil {
+	if err := s.WriteDocSets(ctx, []engine.Record{r("d:c", "d", "3-a")}, []engine.DocSet{{DocID: "d", Rev: "3-a", Seq: "3", IDs: []string{"d:c"}}}, "", "", nil); err != nil {
 		t.Fatal(err)
 	}
 	// An older revision's set (2-a: d:a only) arrives late.
-	if err := s.WriteDocSets(ctx, []engine.Record{r("d:a", "d", "2-a")}, []engine.DocSet{{DocID: "d", Rev: "2-a", IDs: []string{"d:a"}}}, "", "", nil); err != nil {
+	if err := s.WriteDocSets(ctx, []engine.Record{r("d:a", "d", "2-a")}, []engine.DocSet{{DocID: "d", Rev: "2-a", Seq: "2", IDs: []string{"d:a"}}}, "", "", nil); err != nil {
 		t.Fatal(err)
 	}
 	// d:c stays. (d:a comes back: a deleted row leaves no revision behind
@@ -76,7 +77,7 @@ func TestReplaceKeepsNewerRows(t *testing.T) {
 		t.Fatalf("rows:\n%s\nwant\n%s", got, want)
 	}
 	// e is filtered out: its set is empty.
-	if err := s.WriteDocSets(ctx, nil, []engine.DocSet{{DocID: "e", Rev: "2-a"}}, "", "", nil); err != nil {
+	if err := s.WriteDocSets(ctx, nil, []engine.DocSet{{DocID: "e", Rev: "2-a", Seq: "4"}}, "", "", nil); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := table(t, pg, dsn, "SELECT _id FROM t ORDER BY _id"), "d:a\nd:c"; got != want {
@@ -93,9 +94,21 @@ func TestCheckpointStoreKeepsRecordSets(t *testing.T) {
 	pg := testenv.SharedPostgres(t)
 	dsn := pg.NewDatabase(t)
 	out := filepath.Join(t.TempDir(), "out.jsonl")
+	// The dump grows as a feed does: the second run resumes after the
+	// checkpoint, in the same file.
+	feed := filepath.Join(t.TempDir(), "feed.jsonl")
+	var dump []byte
 	for i := range testenv.FollowFeeds {
+		part, err := os.ReadFile(testenv.FollowFeedFile(t, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dump = append(dump, part...)
+		if err := os.WriteFile(feed, dump, 0o644); err != nil {
+			t.Fatal(err)
+		}
 		spec := loadPillow(t, fmt.Sprintf("name: hh\nsource: {file: {path: %q}}\n%scheckpoint: {postgres: {dsn: %q, table: cps.ptop_checkpoints}}\nsinks:\n  - file: {path: %q}\n",
-			testenv.FollowFeedFile(t, i), testenv.FollowPillow, dsn, out))
+			feed, testenv.FollowPillow, dsn, out))
 		if err := engine.NewPillow(spec, engine.RunOptions{Log: quietLog()}).Run(context.Background()); err != nil {
 			t.Fatal(err)
 		}
