@@ -30,6 +30,11 @@ type Check interface {
 	// MapKeys returns the keys of key's value, a mapping, in the order they
 	// are written (a Go map forgets it); nil when it is not a mapping.
 	MapKeys(key string) []string
+	// Claim records that field's value names a destination no other sink,
+	// of this pillow or of another one loaded with it, may write: what
+	// says what it is ("file path"), key identifies it (an absolute path).
+	// Two claims of one key are load errors at both places.
+	Claim(field, what, key string)
 }
 
 // Validator is implemented by config structs that check themselves after

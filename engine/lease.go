@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dimagi/ptop/component"
 )
 
 // A lease makes one process at a time run a pillow (or its reindex): the
@@ -31,33 +33,17 @@ import (
 //     the same host and PID namespace that no longer exists (kill -9).
 //   - The holder releases the lease when the pillow stops.
 
-// LeaseStore is implemented by checkpoint stores that can keep leases
-// beside the checkpoints.
-type LeaseStore interface {
-	// ReadLease returns the lease called name; a zero Lease (Version "")
-	// when it has never been written.
-	ReadLease(ctx context.Context, name string) (Lease, error)
-	// WriteLease replaces the lease called name with l if its version is
-	// still prev ("": never written), and returns the new version. When
-	// another process wrote it since, it returns an error that wraps
-	// ErrLeaseConflict.
-	WriteLease(ctx context.Context, name, prev string, l Lease) (version string, err error)
-}
+// LeaseStore, Lease and ErrLeaseConflict are component's: a checkpoint
+// store implements the lease's storage, the engine decides.
+type (
+	// LeaseStore is component.LeaseStore.
+	LeaseStore = component.LeaseStore
+	// Lease is component.Lease.
+	Lease = component.Lease
+)
 
-// Lease is the state of a lease.
-type Lease struct {
-	Holder  string        // the process that holds it; "" when released
-	TTL     time.Duration // how long the holder may go without renewing
-	Renewed time.Time     // when the holder last renewed, by its clock
-	// Space identifies the holder's host and PID namespace, so that a
-	// standby beside it can tell that it died.
-	Space   string
-	Version string // set by the store; changes with every write
-}
-
-// ErrLeaseConflict is wrapped by LeaseStore.WriteLease when another
-// process changed the lease first.
-var ErrLeaseConflict = errors.New("the lease was changed by another process")
+// ErrLeaseConflict is component.ErrLeaseConflict.
+var ErrLeaseConflict = component.ErrLeaseConflict
 
 // ErrLeaseLost says a pillow stopped writing because its process no
 // longer holds the pillow's lease.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"slices"
 	"sync"
+
+	"github.com/dimagi/ptop/component"
 )
 
 // Records follow their document: after a change is processed, a
@@ -42,27 +44,12 @@ import (
 // An entry therefore always names at least the records its document has
 // in the sinks, and a change replayed after a crash deletes what it must.
 
-// RecordSet is the ids of the records a document was last written with.
-type RecordSet struct {
-	DocID string
-	IDs   []string
-	// Version is the store's own mark of the entry read (a CouchDB
-	// revision), handed back by Save; empty for a new entry.
-	Version string
-}
-
-// RecordSets keeps the record sets of pillows' documents. A checkpoint
-// store (or a source keeping checkpoints) that implements it keeps them
-// beside the checkpoints of the same pillows.
-type RecordSets interface {
-	// LoadRecordSets returns the entries of the given documents of pillow;
-	// documents without one are left out.
-	LoadRecordSets(ctx context.Context, pillow string, docIDs []string) ([]RecordSet, error)
-	// SaveRecordSets writes entries of pillow, each with the Version it
-	// was read with; a set without IDs removes the document's entry. It
-	// returns the entries as saved, with their new versions.
-	SaveRecordSets(ctx context.Context, pillow string, sets []RecordSet) ([]RecordSet, error)
-}
+type (
+	// RecordSet is component.RecordSet.
+	RecordSet = component.RecordSet
+	// RecordSets is component.RecordSets.
+	RecordSets = component.RecordSets
+)
 
 // MemRecordSets keeps record sets in memory: for pillows without a
 // checkpoint store, which start from their configured position on every

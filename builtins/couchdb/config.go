@@ -5,7 +5,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/component"
 	"github.com/dimagi/ptop/internal/safeurl"
 	"github.com/dimagi/ptop/internal/tlsconf"
 )
@@ -29,7 +29,7 @@ type Config struct {
 	Params map[string]string `yaml:"params" doc:"Query parameters passed to the design-document filter."`
 	// Heartbeat is how often the server is asked to show it is alive; a
 	// feed silent for three heartbeats is reconnected. Default 10s.
-	Heartbeat engine.Duration `yaml:"heartbeat" doc:"How often the server is asked to show it is alive (default 10s); a feed silent for three heartbeats is reconnected."`
+	Heartbeat component.Duration `yaml:"heartbeat" doc:"How often the server is asked to show it is alive (default 10s); a feed silent for three heartbeats is reconnected."`
 	// CheckpointID is the id of the _local document holding the pillow's
 	// checkpoint; default "_local/ptop-<pillow name>". A missing "_local/"
 	// prefix is added.
@@ -56,16 +56,16 @@ const DefaultErrorsDB = "ptop_errors"
 // DefaultRecordsDB is the record sets' database when none is configured.
 const DefaultRecordsDB = "ptop_records"
 
-// SetDefaults implements engine.Defaulter.
+// SetDefaults implements component.Defaulter.
 func (c *Config) SetDefaults() {
 	c.Since = "0"
-	c.Heartbeat = engine.Duration(DefaultHeartbeat)
+	c.Heartbeat = component.Duration(DefaultHeartbeat)
 	c.ErrorsDB = DefaultErrorsDB
 	c.RecordsDB = DefaultRecordsDB
 }
 
-// Validate implements engine.Validator.
-func (c *Config) Validate(ch *engine.Check) {
+// Validate implements component.Validator.
+func (c *Config) Validate(ch component.Check) {
 	if ch.Has("url") {
 		if msg := checkURL(c.URL); msg != "" {
 			ch.Errorf("url", "%s", msg)

@@ -29,11 +29,11 @@
 // CouchDB 2+ rewinds opaque sequences of unknown shards itself, so for
 // those it is only logged.
 //
-// The source keeps the error store of its pillows (engine.ErrorStoreProvider)
+// The source keeps the error store of its pillows (component.ErrorStoreProvider)
 // in the database errors_db of the same server, created on the first
 // failure, one document "<pillow>:<document id>" per failed document, and
-// reads documents again for their retries (engine.DocReader). It keeps the
-// record sets of the pillows whose checkpoints it keeps (engine.RecordSets)
+// reads documents again for their retries (component.DocReader). It keeps the
+// record sets of the pillows whose checkpoints it keeps (component.RecordSets)
 // in the database records_db, created on first use (see recordsets.go).
 //
 // A wrong password, a refused access or a missing database at start are
@@ -60,16 +60,16 @@ import (
 	"github.com/go-kivik/kivik/v4/couchdb/chttp"
 	"github.com/go-kivik/kivik/v4/driver"
 
-	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/component"
 	"github.com/dimagi/ptop/internal/couchrow"
 )
 
 func init() {
-	engine.RegisterSource("couchdb", New)
+	component.RegisterSource("couchdb", New)
 }
 
 // Source follows one database's changes feed. It also keeps checkpoints
-// (engine.CheckpointStore) in _local documents of that database.
+// (component.CheckpointStore) in _local documents of that database.
 type Source struct {
 	cfg      Config
 	pillow   string
@@ -98,7 +98,7 @@ type Source struct {
 }
 
 // New makes a source from its configuration. It makes no network call.
-func New(cfg *Config, bc engine.BuildContext) (engine.Source, error) {
+func New(cfg *Config, bc component.BuildContext) (component.Source, error) {
 	if msg := checkURL(cfg.URL); msg != "" {
 		return nil, errors.New(msg)
 	}
@@ -207,13 +207,13 @@ func (s *Source) LastActivity() time.Time {
 	return time.Unix(0, n)
 }
 
-// StallAfter implements engine.FeedStatus: a feed silent for this long
+// StallAfter implements component.FeedStatus: a feed silent for this long
 // (three heartbeats, and a little more for the reconnect) is not alive.
 func (s *Source) StallAfter() time.Duration {
 	return (stallBeats+1)*s.cfg.Heartbeat.D() + 2*time.Second
 }
 
-// Pending implements engine.PendingCounter: the database's update
+// Pending implements component.PendingCounter: the database's update
 // sequence minus since, by their numeric prefixes (for CouchDB 2+, whose
 // prefixes are sums over shards, an estimate).
 func (s *Source) Pending(ctx context.Context, since string) (int64, error) {
@@ -228,7 +228,7 @@ func (s *Source) Pending(ctx context.Context, since string) (int64, error) {
 	return max(have-at, 0), nil
 }
 
-// ResolveStart implements engine.StartResolver: with since: now, the
+// ResolveStart implements component.StartResolver: with since: now, the
 // database's update sequence, which the engine saves as the checkpoint
 // before the feed starts; "" for any other since.
 func (s *Source) ResolveStart(ctx context.Context) (string, error) {
@@ -240,14 +240,14 @@ func (s *Source) ResolveStart(ctx context.Context) (string, error) {
 		err = s.errorf("looking up the database: %w", s.describe(err))
 		switch kivik.HTTPStatus(err) {
 		case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
-			return "", engine.Permanent(err)
+			return "", component.Permanent(err)
 		}
 		return "", err
 	}
 	return st.UpdateSeq, nil
 }
 
-// CheckpointTime implements engine.CheckpointTimer.
+// CheckpointTime implements component.CheckpointTimer.
 func (s *Source) CheckpointTime(ctx context.Context, pillow string) (time.Time, error) {
 	var cp checkpoint
 	if err := s.db.Get(ctx, s.checkpointID(pillow)).ScanDoc(&cp); err != nil {
@@ -283,7 +283,7 @@ type checkpoint struct {
 	UpdatedAt string          `json:"updated_at"`
 }
 
-// LoadCheckpoint implements engine.CheckpointStore: it returns the sequence
+// LoadCheckpoint implements component.CheckpointStore: it returns the sequence
 // id saved for pillow, or "" if there is none (no document, or no database).
 func (s *Source) LoadCheckpoint(ctx context.Context, pillow string) (string, error) {
 	id := s.checkpointID(pillow)
@@ -300,13 +300,13 @@ func (s *Source) LoadCheckpoint(ctx context.Context, pillow string) (string, err
 	seq, err := seqString(cp.Seq)
 	if err != nil || (seq != "" && (!validSince(seq) || seq == "now")) {
 		// No retry cures it, whatever its JSON type.
-		return "", engine.Permanent(s.errorf("checkpoint %s holds seq %s, which is not a sequence id: "+
+		return "", component.Permanent(s.errorf("checkpoint %s holds seq %s, which is not a sequence id: "+
 			"delete the document to start from the pillow's since, or put a sequence id of the database in it", id, clip(cp.Seq)))
 	}
 	return seq, nil
 }
 
-// SaveCheckpoint implements engine.CheckpointStore. It writes the _local
+// SaveCheckpoint implements component.CheckpointStore. It writes the _local
 // document with the last revision it knows (pouchdb-server requires it,
 // CouchDB does not), and after a conflict reads the current one and tries
 // once more.
@@ -383,22 +383,22 @@ func (s *Source) scrub(msg string) string {
 func (s *Source) describe(err error) error {
 	switch kivik.HTTPStatus(err) {
 	case http.StatusUnauthorized:
-		return engine.Permanent(fmt.Errorf("unauthorized (401): check the credentials in the url, or COUCH_USER and COUCH_PASSWORD: %w", err))
+		return component.Permanent(fmt.Errorf("unauthorized (401): check the credentials in the url, or COUCH_USER and COUCH_PASSWORD: %w", err))
 	case http.StatusForbidden:
-		return engine.Permanent(fmt.Errorf("forbidden (403): the user may not read this database: %w", err))
+		return component.Permanent(fmt.Errorf("forbidden (403): the user may not read this database: %w", err))
 	}
 	return err
 }
 
 // Interface guards.
 var (
-	_ engine.FeedStatus         = (*Source)(nil)
-	_ engine.FeedErrorer        = (*Source)(nil)
-	_ engine.PendingCounter     = (*Source)(nil)
-	_ engine.CheckpointTimer    = (*Source)(nil)
-	_ engine.Source             = (*Source)(nil)
-	_ engine.CheckpointStore    = (*Source)(nil)
-	_ engine.ErrorStoreProvider = (*Source)(nil)
-	_ engine.DocReader          = (*Source)(nil)
-	_ engine.StartResolver      = (*Source)(nil)
+	_ component.FeedStatus         = (*Source)(nil)
+	_ component.FeedErrorer        = (*Source)(nil)
+	_ component.PendingCounter     = (*Source)(nil)
+	_ component.CheckpointTimer    = (*Source)(nil)
+	_ component.Source             = (*Source)(nil)
+	_ component.CheckpointStore    = (*Source)(nil)
+	_ component.ErrorStoreProvider = (*Source)(nil)
+	_ component.DocReader          = (*Source)(nil)
+	_ component.StartResolver      = (*Source)(nil)
 )

@@ -13,10 +13,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/dimagi/ptop/component"
 	"github.com/go-kivik/kivik/v4"
 	"github.com/go-kivik/kivik/v4/couchdb/chttp"
-
-	"github.com/dimagi/ptop/engine"
 )
 
 // The error store keeps the failed changes of the pillows reading from a
@@ -48,10 +47,10 @@ const (
 	maxErrorBytes = 64 << 10
 )
 
-// ErrorStore implements engine.ErrorStoreProvider: the error store lives in
+// ErrorStore implements component.ErrorStoreProvider: the error store lives in
 // the database errors_db of the source's server. It makes no network call;
 // the database is created on the first failure recorded.
-func (s *Source) ErrorStore() (engine.ErrorStore, error) {
+func (s *Source) ErrorStore() (component.ErrorStore, error) {
 	name := s.cfg.ErrorsDB
 	if name == "" {
 		name = DefaultErrorsDB
@@ -93,8 +92,8 @@ func (d *entryDoc) isEntry() bool {
 	return d.Pillow != "" && d.ID == entryID(d.Pillow, d.DocID)
 }
 
-func (d *entryDoc) entry() engine.ErrorEntry {
-	e := engine.ErrorEntry{
+func (d *entryDoc) entry() component.ErrorEntry {
+	e := component.ErrorEntry{
 		Pillow: d.Pillow, DocID: d.DocID, Seq: d.Seq, Rev: d.DocRev, Hash: d.Hash,
 		Stage: d.Stage, Error: d.Error, Attempts: d.Attempts,
 		FirstFailed: parseTime(d.FirstFailed),
@@ -119,11 +118,11 @@ func parseTime(s string) time.Time {
 	return t
 }
 
-// Record implements engine.ErrorStore. It reads the document's entry to
+// Record implements component.ErrorStore. It reads the document's entry to
 // count one more attempt, and writes it with the revision read; after a
 // conflict with another writer it reads and writes again. The database is
 // created if it is missing.
-func (e *errorStore) Record(ctx context.Context, f engine.Failure, next func(attempts int) time.Duration) (engine.ErrorEntry, error) {
+func (e *errorStore) Record(ctx context.Context, f component.Failure, next func(attempts int) time.Duration) (component.ErrorEntry, error) {
 	id := entryID(f.Pillow, f.Change.ID)
 	t := f.Time
 	if t.IsZero() {
@@ -138,7 +137,7 @@ func (e *errorStore) Record(ctx context.Context, f engine.Failure, next func(att
 	for attempt := 0; ; attempt++ {
 		old, err := e.get(ctx, id)
 		if err != nil {
-			return engine.ErrorEntry{}, e.errorf("recording the failure of %q: reading its entry: %w", f.Change.ID, e.describe(err))
+			return component.ErrorEntry{}, e.errorf("recording the failure of %q: reading its entry: %w", f.Change.ID, e.describe(err))
 		}
 		d := entryDoc{
 			ID: id, Pillow: f.Pillow, DocID: f.Change.ID, Seq: f.Change.Seq, DocRev: f.Change.Rev,
@@ -164,12 +163,12 @@ func (e *errorStore) Record(ctx context.Context, f engine.Failure, next func(att
 			return d.entry(), nil
 		case status == http.StatusNotFound && !created:
 			if err := e.createDB(ctx); err != nil {
-				return engine.ErrorEntry{}, err
+				return component.ErrorEntry{}, err
 			}
 			created = true
 		case status == http.StatusConflict && attempt < maxConflicts:
 		default:
-			return engine.ErrorEntry{}, e.errorf("recording the failure of %q: %w", f.Change.ID, e.describe(err))
+			return component.ErrorEntry{}, e.errorf("recording the failure of %q: %w", f.Change.ID, e.describe(err))
 		}
 	}
 }
@@ -193,7 +192,7 @@ func (e *errorStore) createDB(ctx context.Context) error {
 	case http.StatusUnauthorized:
 		return e.errorf("creating the database: %w", e.describe(err))
 	case http.StatusForbidden:
-		return e.errorf("creating the database: %w", engine.Permanent(fmt.Errorf(
+		return e.errorf("creating the database: %w", component.Permanent(fmt.Errorf(
 			"forbidden (403): the user may not create it: create database %q as an admin, or set errors_db to a database it may write: %w", e.db, err)))
 	case http.StatusPreconditionFailed: // created by someone else meanwhile
 		return nil
@@ -220,9 +219,9 @@ func (e *errorStore) get(ctx context.Context, id string) (*entryDoc, error) {
 
 func (e *errorStore) docPath(id string) string { return e.path + "/" + escapeDocID(id) }
 
-// List implements engine.ErrorStore. A missing database has no entries.
-func (e *errorStore) List(ctx context.Context, pillow string) ([]engine.ErrorEntry, error) {
-	var out []engine.ErrorEntry
+// List implements component.ErrorStore. A missing database has no entries.
+func (e *errorStore) List(ctx context.Context, pillow string) ([]component.ErrorEntry, error) {
+	var out []component.ErrorEntry
 	err := e.scan(ctx, pillow, func(docs []entryDoc) error {
 		for _, d := range docs {
 			out = append(out, d.entry())
@@ -233,7 +232,7 @@ func (e *errorStore) List(ctx context.Context, pillow string) ([]engine.ErrorEnt
 		return nil, e.errorf("listing entries: %w", e.describe(err))
 	}
 	// _all_docs orders by id, where "a1:x" comes before "a:x".
-	slices.SortFunc(out, func(a, b engine.ErrorEntry) int {
+	slices.SortFunc(out, func(a, b component.ErrorEntry) int {
 		if c := strings.Compare(a.Pillow, b.Pillow); c != 0 {
 			return c
 		}
@@ -323,7 +322,7 @@ func (e *errorStore) fetch(ctx context.Context, ids []string) ([]entryDoc, error
 	return docs, nil
 }
 
-// Clear implements engine.ErrorStore.
+// Clear implements component.ErrorStore.
 func (e *errorStore) Clear(ctx context.Context, pillow, docID string) error {
 	id := entryID(pillow, docID)
 	for attempt := 0; ; attempt++ {
@@ -345,7 +344,7 @@ func (e *errorStore) Clear(ctx context.Context, pillow, docID string) error {
 	}
 }
 
-// Retry implements engine.ErrorStore: the entries' next_attempt becomes
+// Retry implements component.ErrorStore: the entries' next_attempt becomes
 // now, also of entries given up on; all of them count as changed.
 func (e *errorStore) Retry(ctx context.Context, pillow string, ids []string) (int, error) {
 	now := formatTime(time.Now())
@@ -359,7 +358,7 @@ func (e *errorStore) Retry(ctx context.Context, pillow string, ids []string) (in
 	return n, nil
 }
 
-// Purge implements engine.ErrorStore.
+// Purge implements component.ErrorStore.
 func (e *errorStore) Purge(ctx context.Context, pillow string, ids []string) (int, error) {
 	n, err := e.update(ctx, pillow, ids, func(d entryDoc) any {
 		return map[string]any{"_id": d.ID, "_rev": d.Rev, "_deleted": true}
@@ -453,7 +452,7 @@ func (e *errorStore) write(ctx context.Context, docs []entryDoc, change func(ent
 // describe marks the errors no retry cures, like Source.describe.
 func (e *errorStore) describe(err error) error {
 	if kivik.HTTPStatus(err) == http.StatusForbidden {
-		return engine.Permanent(fmt.Errorf("forbidden (403): the user may not use the error store's database: grant it access, or set errors_db to another database: %w", err))
+		return component.Permanent(fmt.Errorf("forbidden (403): the user may not use the error store's database: grant it access, or set errors_db to another database: %w", err))
 	}
 	return e.s.describe(err)
 }
@@ -539,4 +538,4 @@ func jsonString(s string) string {
 	return string(b)
 }
 
-var _ engine.ErrorStore = (*errorStore)(nil)
+var _ component.ErrorStore = (*errorStore)(nil)

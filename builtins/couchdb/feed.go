@@ -20,7 +20,7 @@ import (
 	"github.com/go-kivik/kivik/v4"
 	"github.com/go-kivik/kivik/v4/couchdb/chttp"
 
-	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/component"
 	"github.com/dimagi/ptop/internal/couchrow"
 )
 
@@ -43,12 +43,12 @@ type fatalError struct{ err error }
 func (e fatalError) Error() string { return e.err.Error() }
 func (e fatalError) Unwrap() error { return e.err }
 
-// Run implements engine.Source. It follows the feed from since (or, when
+// Run implements component.Source. It follows the feed from since (or, when
 // since is "", from the configured start) and sends each change to out
 // until ctx is done, reconnecting after network errors, server errors and
 // stalls. It returns ctx.Err() once ctx is done, and an error when the
 // credentials are refused, or the database is missing when it starts.
-func (s *Source) Run(ctx context.Context, since string, out chan<- engine.Change) error {
+func (s *Source) Run(ctx context.Context, since string, out chan<- component.Change) error {
 	f := &follower{s: s, out: out, seq: since}
 	if f.seq == "" {
 		f.seq = s.cfg.Since
@@ -87,7 +87,7 @@ func (s *Source) Run(ctx context.Context, since string, out chan<- engine.Change
 // follower is the state of one Run.
 type follower struct {
 	s   *Source
-	out chan<- engine.Change
+	out chan<- component.Change
 	// seq is where to resume: the seq of the last change sent on out (or
 	// the last_seq the server ended the feed with).
 	seq string
@@ -316,10 +316,10 @@ func (s *Source) changesOptions(since string) *chttp.Options {
 // parseLine reads one non-blank line. It returns the change, or the
 // last_seq of a feed's end, or an error for an {"error": …} line. A line
 // that is not JSON is a change with Err set.
-func parseLine(line []byte) (c engine.Change, lastSeq string, err error) {
+func parseLine(line []byte) (c component.Change, lastSeq string, err error) {
 	r, jerr := couchrow.Parse(line)
 	if jerr != nil {
-		return engine.Change{Err: fmt.Errorf("unreadable changes feed row %s: %v", clip(line), jerr)}, "", nil
+		return component.Change{Err: fmt.Errorf("unreadable changes feed row %s: %v", clip(line), jerr)}, "", nil
 	}
 	if r.Error != nil {
 		return c, "", fmt.Errorf("server error %s: %s", r.Error, r.Reason)
@@ -336,7 +336,7 @@ func parseLine(line []byte) (c engine.Change, lastSeq string, err error) {
 		cerr = errors.New("no seq or id")
 	}
 	if cerr != nil {
-		return engine.Change{ID: r.ID, Err: fmt.Errorf("unreadable changes feed row %s: %s", clip(line), cerr)}, "", nil
+		return component.Change{ID: r.ID, Err: fmt.Errorf("unreadable changes feed row %s: %s", clip(line), cerr)}, "", nil
 	}
 	return c, "", nil
 }
@@ -435,7 +435,7 @@ func (s *Source) feedFailed(err error) {
 	s.failing.Store(true)
 }
 
-// FeedError implements engine.FeedErrorer.
+// FeedError implements component.FeedErrorer.
 func (s *Source) FeedError() (since time.Time, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

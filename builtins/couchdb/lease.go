@@ -6,12 +6,11 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/dimagi/ptop/component"
 	"github.com/go-kivik/kivik/v4"
-
-	"github.com/dimagi/ptop/engine"
 )
 
-// Leases (engine.LeaseStore) are regular documents of the error store's
+// Leases (component.LeaseStore) are regular documents of the error store's
 // database, "~lease:<db>:<name>", written with their _rev: a write with a
 // stale _rev is a 409, which is the compare-and-swap. (CouchDB 3 ignores
 // _rev on _local documents, so a _local lease would not exclude anyone;
@@ -41,29 +40,29 @@ func (s *Source) leaseStore() (*errorStore, string, error) {
 	return es.(*errorStore), "~lease:" + s.cfg.DB + ":", nil
 }
 
-// ReadLease implements engine.LeaseStore.
-func (s *Source) ReadLease(ctx context.Context, name string) (engine.Lease, error) {
+// ReadLease implements component.LeaseStore.
+func (s *Source) ReadLease(ctx context.Context, name string) (component.Lease, error) {
 	e, prefix, err := s.leaseStore()
 	if err != nil {
-		return engine.Lease{}, err
+		return component.Lease{}, err
 	}
 	var d leaseDoc
 	err = s.call(ctx, http.MethodGet, e.docPath(prefix+name), nil, nil, &d)
 	switch {
 	case kivik.HTTPStatus(err) == http.StatusNotFound:
-		return engine.Lease{}, nil
+		return component.Lease{}, nil
 	case err != nil:
-		return engine.Lease{}, e.errorf("reading lease %s: %w", name, e.describe(s.unreachable(err)))
+		return component.Lease{}, e.errorf("reading lease %s: %w", name, e.describe(s.unreachable(err)))
 	}
-	return engine.Lease{
+	return component.Lease{
 		Holder: d.Holder, TTL: time.Duration(d.TTLms) * time.Millisecond,
 		Renewed: parseTime(d.Renewed), Space: d.Space, Version: d.Rev,
 	}, nil
 }
 
-// WriteLease implements engine.LeaseStore. The database is created if it
+// WriteLease implements component.LeaseStore. The database is created if it
 // is missing.
-func (s *Source) WriteLease(ctx context.Context, name, prev string, l engine.Lease) (string, error) {
+func (s *Source) WriteLease(ctx context.Context, name, prev string, l component.Lease) (string, error) {
 	e, prefix, err := s.leaseStore()
 	if err != nil {
 		return "", err
@@ -81,7 +80,7 @@ func (s *Source) WriteLease(ctx context.Context, name, prev string, l engine.Lea
 		case err == nil:
 			return res.Rev, nil
 		case status == http.StatusConflict:
-			return "", fmt.Errorf("lease %s: %w", name, engine.ErrLeaseConflict)
+			return "", fmt.Errorf("lease %s: %w", name, component.ErrLeaseConflict)
 		case status == http.StatusNotFound && !created:
 			if err := e.createDB(ctx); err != nil {
 				return "", err
@@ -92,4 +91,4 @@ func (s *Source) WriteLease(ctx context.Context, name, prev string, l engine.Lea
 	}
 }
 
-var _ engine.LeaseStore = (*Source)(nil)
+var _ component.LeaseStore = (*Source)(nil)

@@ -6,9 +6,8 @@ import (
 	"io"
 	"net/http"
 
+	"github.com/dimagi/ptop/component"
 	"github.com/go-kivik/kivik/v4/couchdb/chttp"
-
-	"github.com/dimagi/ptop/engine"
 )
 
 // A feed filtered by the server (selector, design-document filter) sends
@@ -41,7 +40,7 @@ func (f *follower) passedFiltered(ctx context.Context) error {
 		return nil // not further on
 	}
 	select {
-	case f.out <- engine.Change{Seq: last}:
+	case f.out <- component.Change{Seq: last}:
 		f.seq = last
 		return nil
 	case <-ctx.Done():

@@ -8,20 +8,19 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/dimagi/ptop/component"
 	"github.com/go-kivik/kivik/v4"
-
-	"github.com/dimagi/ptop/engine"
 )
 
-// ReadDoc implements engine.DocReader: it reads the current version of
+// ReadDoc implements component.DocReader: it reads the current version of
 // document id, for a retry. A deleted document comes back as a deletion
 // with its tombstone's revision (found with open_revs=all, as a plain GET
 // of a deleted document answers 404 like one that never existed), a
 // document that never existed as a deletion without revision. The Change
 // has no Seq.
-func (s *Source) ReadDoc(ctx context.Context, id string) (engine.Change, error) {
+func (s *Source) ReadDoc(ctx context.Context, id string) (component.Change, error) {
 	if id == "" {
-		return engine.Change{}, s.errorf("reading a document: no document id")
+		return component.Change{}, s.errorf("reading a document: no document id")
 	}
 	path := "/" + url.PathEscape(s.cfg.DB) + "/" + escapeDocID(id)
 	var raw json.RawMessage
@@ -30,7 +29,7 @@ func (s *Source) ReadDoc(ctx context.Context, id string) (engine.Change, error) 
 	case err == nil:
 		return s.liveChange(id, raw)
 	case kivik.HTTPStatus(err) != http.StatusNotFound:
-		return engine.Change{}, s.errorf("reading document %q: %w", id, s.describe(err))
+		return component.Change{}, s.errorf("reading document %q: %w", id, s.describe(err))
 	}
 
 	// Deleted, never written, or no database. The leaves of the revision
@@ -43,7 +42,7 @@ func (s *Source) ReadDoc(ctx context.Context, id string) (engine.Change, error) 
 	}
 	err = s.call(ctx, http.MethodGet, path, url.Values{"open_revs": {"all"}}, nil, &leaves)
 	if err != nil && kivik.HTTPStatus(err) != http.StatusNotFound {
-		return engine.Change{}, s.errorf("reading the revisions of deleted document %q: %w", id, s.describe(err))
+		return component.Change{}, s.errorf("reading the revisions of deleted document %q: %w", id, s.describe(err))
 	}
 	var win *leaf
 	for _, l := range leaves {
@@ -65,31 +64,31 @@ func (s *Source) ReadDoc(ctx context.Context, id string) (engine.Change, error) 
 		// must not pass for a deleted document.
 		err := s.call(ctx, http.MethodGet, "/"+url.PathEscape(s.cfg.DB), nil, nil, nil)
 		if kivik.HTTPStatus(err) == http.StatusNotFound {
-			return engine.Change{}, s.errorf("reading document %q: database %q does not exist: %w", id, s.cfg.DB, err)
+			return component.Change{}, s.errorf("reading document %q: database %q does not exist: %w", id, s.cfg.DB, err)
 		}
 		if err != nil {
-			return engine.Change{}, s.errorf("reading document %q: %w", id, s.describe(err))
+			return component.Change{}, s.errorf("reading document %q: %w", id, s.describe(err))
 		}
-		return engine.Change{ID: id, Deleted: true}, nil
+		return component.Change{ID: id, Deleted: true}, nil
 	case !win.Deleted:
 		// Written again between the two requests.
 		return s.liveChange(id, win.raw)
 	}
-	return engine.Change{ID: id, Rev: win.Rev, Deleted: true}, nil
+	return component.Change{ID: id, Rev: win.Rev, Deleted: true}, nil
 }
 
 // liveChange is the change of a document read whole.
-func (s *Source) liveChange(id string, raw json.RawMessage) (engine.Change, error) {
+func (s *Source) liveChange(id string, raw json.RawMessage) (component.Change, error) {
 	var meta struct {
 		Rev string `json:"_rev"`
 	}
 	if err := json.Unmarshal(raw, &meta); err != nil {
-		return engine.Change{}, s.errorf("reading document %q: %w", id, err)
+		return component.Change{}, s.errorf("reading document %q: %w", id, err)
 	}
 	if meta.Rev == "" {
-		return engine.Change{}, s.errorf("reading document %q: no _rev in the server's answer", id)
+		return component.Change{}, s.errorf("reading document %q: no _rev in the server's answer", id)
 	}
-	return engine.Change{ID: id, Rev: meta.Rev, RawDoc: raw}, nil
+	return component.Change{ID: id, Rev: meta.Rev, RawDoc: raw}, nil
 }
 
 // leaf is a leaf revision of a document.

@@ -10,11 +10,11 @@ import (
 
 	"github.com/go-kivik/kivik/v4"
 
-	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/component"
 )
 
 // The source keeps, for the pillows whose checkpoints it keeps, the ids of
-// the records each document produced (engine.RecordSets) in the database
+// the records each document produced (component.RecordSets) in the database
 // records_db of the same server (default ptop_records), created on first
 // use: every process running a pillow sees them. A document has an entry
 // only once it has produced a record, "<pillow>:<document id>":
@@ -43,9 +43,9 @@ func (s *Source) recordsDB() string {
 
 func (s *Source) recordsPath() string { return "/" + url.PathEscape(s.recordsDB()) }
 
-// LoadRecordSets implements engine.RecordSets, with one _all_docs request
+// LoadRecordSets implements component.RecordSets, with one _all_docs request
 // per 1000 documents; a missing database has no entries.
-func (s *Source) LoadRecordSets(ctx context.Context, pillow string, docIDs []string) ([]engine.RecordSet, error) {
+func (s *Source) LoadRecordSets(ctx context.Context, pillow string, docIDs []string) ([]component.RecordSet, error) {
 	keys := make([]string, len(docIDs))
 	for i, d := range docIDs {
 		keys[i] = entryID(pillow, d)
@@ -54,10 +54,10 @@ func (s *Source) LoadRecordSets(ctx context.Context, pillow string, docIDs []str
 	if err != nil {
 		return nil, s.recordsErr("reading record sets", err)
 	}
-	out := make([]engine.RecordSet, 0, len(docs))
+	out := make([]component.RecordSet, 0, len(docs))
 	for _, d := range docs {
 		if d.Pillow == pillow && d.ID == entryID(pillow, d.DocID) && len(d.IDs) > 0 {
-			out = append(out, engine.RecordSet{DocID: d.DocID, IDs: d.IDs, Version: d.Rev})
+			out = append(out, component.RecordSet{DocID: d.DocID, IDs: d.IDs, Version: d.Rev})
 		}
 	}
 	return out, nil
@@ -90,10 +90,10 @@ func (s *Source) fetchRecordSets(ctx context.Context, keys []string) ([]recordSe
 	return docs, nil
 }
 
-// SaveRecordSets implements engine.RecordSets with _bulk_docs. An entry
+// SaveRecordSets implements component.RecordSets with _bulk_docs. An entry
 // that another process changed meanwhile (a conflict) is overwritten: the
 // batch being written decides what its documents' records are.
-func (s *Source) SaveRecordSets(ctx context.Context, pillow string, sets []engine.RecordSet) ([]engine.RecordSet, error) {
+func (s *Source) SaveRecordSets(ctx context.Context, pillow string, sets []component.RecordSet) ([]component.RecordSet, error) {
 	docs := make([]recordSetDoc, 0, len(sets))
 	for _, rs := range sets {
 		d := recordSetDoc{ID: entryID(pillow, rs.DocID), Rev: rs.Version, Pillow: pillow, DocID: rs.DocID, IDs: rs.IDs}
@@ -165,9 +165,9 @@ func (s *Source) SaveRecordSets(ctx context.Context, pillow string, sets []engin
 			docs = append(docs, d)
 		}
 	}
-	out := make([]engine.RecordSet, len(sets))
+	out := make([]component.RecordSet, len(sets))
 	for i, rs := range sets {
-		out[i] = engine.RecordSet{DocID: rs.DocID, IDs: rs.IDs}
+		out[i] = component.RecordSet{DocID: rs.DocID, IDs: rs.IDs}
 		if len(rs.IDs) > 0 {
 			out[i].Version = revs[entryID(pillow, rs.DocID)]
 		}
@@ -182,7 +182,7 @@ func (s *Source) createRecordsDB(ctx context.Context) error {
 	case http.StatusPreconditionFailed: // created by someone else meanwhile
 		return nil
 	case http.StatusForbidden:
-		return s.recordsErr("creating the database", engine.Permanent(fmt.Errorf(
+		return s.recordsErr("creating the database", component.Permanent(fmt.Errorf(
 			"forbidden (403): the user may not create it: create database %q as an admin, or set records_db to a database it may write: %w", s.recordsDB(), err)))
 	}
 	if err != nil {
@@ -193,9 +193,9 @@ func (s *Source) createRecordsDB(ctx context.Context) error {
 }
 
 func (s *Source) recordsErr(what string, err error) error {
-	if !engine.IsPermanent(err) {
+	if !component.IsPermanent(err) {
 		if kivik.HTTPStatus(err) == http.StatusForbidden {
-			err = engine.Permanent(fmt.Errorf("forbidden (403): the user may not use the record sets' database: grant it access, or set records_db to another database: %w", err))
+			err = component.Permanent(fmt.Errorf("forbidden (403): the user may not use the record sets' database: grant it access, or set records_db to another database: %w", err))
 		} else {
 			err = s.describe(err)
 		}
@@ -203,4 +203,4 @@ func (s *Source) recordsErr(what string, err error) error {
 	return s.errorf("record sets %s: %s: %w", s.displayDB(s.recordsDB()), what, err)
 }
 
-var _ engine.RecordSets = (*Source)(nil)
+var _ component.RecordSets = (*Source)(nil)

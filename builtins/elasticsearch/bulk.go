@@ -9,7 +9,7 @@ import (
 
 	json "github.com/goccy/go-json"
 
-	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/component"
 	"github.com/dimagi/ptop/internal/jsonx"
 )
 
@@ -45,14 +45,14 @@ func (e *encoder) init() {
 
 // encode encodes records and returns their spans, in order. A record that
 // cannot be encoded is left out and added to rerrs.
-func (e *encoder) encode(records []engine.Record, rerrs *engine.RecordErrors) []span {
+func (e *encoder) encode(records []component.Record, rerrs *component.RecordErrors) []span {
 	e.buf.Reset()
 	e.spans = e.spans[:0]
 	for i := range records {
 		lo := e.buf.Len()
 		if err := e.append(&records[i]); err != nil {
 			e.buf.Truncate(lo)
-			*rerrs = append(*rerrs, engine.RecordError{Index: i, Err: err})
+			*rerrs = append(*rerrs, component.RecordError{Index: i, Err: err})
 			continue
 		}
 		e.spans = append(e.spans, span{rec: i, lo: lo, hi: e.buf.Len()})
@@ -62,12 +62,12 @@ func (e *encoder) encode(records []engine.Record, rerrs *engine.RecordErrors) []
 
 // append encodes one record: an index action and its document, or a
 // delete action, versioned by the change's feed position.
-func (e *encoder) append(r *engine.Record) error {
+func (e *encoder) append(r *component.Record) error {
 	if r.ID == "" {
 		return errors.New("the record has an empty id")
 	}
 	if len(r.ID) > e.maxID {
-		return fmt.Errorf("the record's _id %q is %d bytes; Elasticsearch takes at most %d", engine.Clip(r.ID), len(r.ID), MaxIDBytes)
+		return fmt.Errorf("the record's _id %q is %d bytes; Elasticsearch takes at most %d", component.Clip(r.ID), len(r.ID), MaxIDBytes)
 	}
 	l := e.line[:0]
 	if r.Delete {
@@ -76,7 +76,7 @@ func (e *encoder) append(r *engine.Record) error {
 		l = append(l, `{"index":{"_id":`...)
 	}
 	l = appendJSONString(l, r.ID)
-	if pos := engine.SeqPosition(r.Seq); pos > 0 {
+	if pos := component.SeqPosition(r.Seq); pos > 0 {
 		l = append(l, `,"version":`...)
 		l = strconv.AppendInt(l, pos, 10)
 		l = append(l, `,"version_type":"external_gte"`...)

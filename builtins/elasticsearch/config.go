@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/component"
 	"github.com/dimagi/ptop/internal/safeurl"
 	"github.com/dimagi/ptop/internal/tlsconf"
 )
@@ -40,7 +40,7 @@ type Config struct {
 	Settings map[string]any `yaml:"settings" doc:"Index settings for the index the sink creates, such as {number_of_shards: 1}."`
 	TLS      tlsconf.Config `yaml:"tls" doc:"https settings: the same tls block as every network source and sink."`
 	// Timeout bounds each request. Default 30s.
-	Timeout engine.Duration `yaml:"timeout" doc:"Bound on each request (default 30s)."`
+	Timeout component.Duration `yaml:"timeout" doc:"Bound on each request (default 30s)."`
 	// MaxRetries is how often a write retries the records that the server
 	// turned away for now (429, 5xx: a full queue, a shard moving) before
 	// it gives the batch back to the engine, which retries it with backoff.
@@ -54,15 +54,15 @@ const (
 	DefaultMaxRetries = 3
 )
 
-// SetDefaults implements engine.Defaulter.
+// SetDefaults implements component.Defaulter.
 func (c *Config) SetDefaults() {
-	c.Timeout = engine.Duration(DefaultTimeout)
+	c.Timeout = component.Duration(DefaultTimeout)
 	c.MaxRetries = DefaultMaxRetries
 }
 
-// Validate implements engine.Validator. It reads the mapping and CA
+// Validate implements component.Validator. It reads the mapping and CA
 // files, so that `ptop validate` reports a missing or broken one.
-func (c *Config) Validate(ch *engine.Check) {
+func (c *Config) Validate(ch component.Check) {
 	dir := filepath.Dir(ch.File())
 	if ch.Has("url") {
 		u, msg := parseURL(c.URL)

@@ -62,7 +62,7 @@
 //
 // # Reindex
 //
-// The sink is an engine.Rebuildable when it manages an alias. Its
+// The sink is an component.Rebuildable when it manages an alias. Its
 // RebuildTarget is an index beside the live one: INDEX-HASH when the
 // alias points elsewhere (the mapping changed), else INDEX-HASH-rSECONDS
 // (the same mapping, rebuilt for a changed transform). An existing one
@@ -108,11 +108,10 @@ import (
 	"time"
 
 	"github.com/dimagi/ptop/component"
-	"github.com/dimagi/ptop/engine"
 )
 
 func init() {
-	engine.RegisterSink("elasticsearch", New)
+	component.RegisterSink("elasticsearch", New)
 }
 
 // Sink writes records into an Elasticsearch or OpenSearch index.
@@ -148,7 +147,7 @@ type Sink struct {
 
 // New makes an Elasticsearch sink. It reads the mapping and CA files but
 // makes no network call: Open does.
-func New(cfg *Config, bc engine.BuildContext) (engine.Sink, error) {
+func New(cfg *Config, bc component.BuildContext) (component.Sink, error) {
 	u, msg := parseURL(cfg.URL)
 	if msg != "" {
 		return nil, errors.New(msg)
@@ -225,7 +224,7 @@ func (s *Sink) Index() string {
 	return s.target
 }
 
-// Open implements engine.Sink: it checks that the server answers and
+// Open implements component.Sink: it checks that the server answers and
 // accepts the credentials, and with a mapping creates the index and its
 // alias (see the package doc). A changed mapping, refused credentials and
 // a mapping the server rejects are permanent errors. The sink of a
@@ -244,7 +243,7 @@ func (s *Sink) Open(ctx context.Context) error {
 		case status == http.StatusOK || status == http.StatusNotFound:
 			return nil
 		case status == http.StatusUnauthorized || status == http.StatusForbidden:
-			return engine.Permanent(s.httpError("checking index "+s.target, status, body))
+			return component.Permanent(s.httpError("checking index "+s.target, status, body))
 		}
 		return s.httpError("checking index "+s.target, status, body)
 	}
@@ -267,7 +266,7 @@ func (s *Sink) ensureIndex(ctx context.Context) error {
 	}
 	switch status {
 	case http.StatusOK:
-		return engine.Permanent(fmt.Errorf("%s is an index, not an alias: with a mapping_file ptop keeps the records in %s and points the alias %s at it; delete the index %s, or drop mapping_file to write into it as it is",
+		return component.Permanent(fmt.Errorf("%s is an index, not an alias: with a mapping_file ptop keeps the records in %s and points the alias %s at it; delete the index %s, or drop mapping_file to write into it as it is",
 			s.alias, s.physical, s.alias, s.alias))
 	case http.StatusNotFound:
 	default:
@@ -286,7 +285,7 @@ func (s *Sink) ensureIndex(ctx context.Context) error {
 	switch {
 	case status == http.StatusOK:
 	case status == http.StatusBadRequest:
-		return engine.Permanent(s.httpError("pointing alias "+s.alias+" at "+s.physical, status, body))
+		return component.Permanent(s.httpError("pointing alias "+s.alias+" at "+s.physical, status, body))
 	default:
 		return s.openError("pointing alias "+s.alias+" at "+s.physical, status, body)
 	}
@@ -314,7 +313,7 @@ func (s *Sink) createIndex(ctx context.Context, name string) error {
 		s.log.Info("created index", "index", name)
 	case errorType(body) == "resource_already_exists_exception":
 	case status == http.StatusBadRequest:
-		return engine.Permanent(s.httpError("creating index "+name+" (the server refused the mappings or settings)", status, body))
+		return component.Permanent(s.httpError("creating index "+name+" (the server refused the mappings or settings)", status, body))
 	default:
 		return s.openError("creating index "+name, status, body)
 	}
@@ -356,10 +355,10 @@ func (s *Sink) checkAlias(points []string) error {
 		return nil
 	}
 	if slices.ContainsFunc(points, s.ownsIndex) {
-		return engine.Permanent(fmt.Errorf("alias %s points at several indexes (%s): ptop writes through the alias, which needs it to point at one; remove it from all but %s",
+		return component.Permanent(fmt.Errorf("alias %s points at several indexes (%s): ptop writes through the alias, which needs it to point at one; remove it from all but %s",
 			s.alias, strings.Join(points, ", "), points[slices.IndexFunc(points, s.ownsIndex)]))
 	}
-	return engine.Permanent(fmt.Errorf("mapping changed: alias %s points at %s, mapping_file gives %s; run ptop reindex",
+	return component.Permanent(fmt.Errorf("mapping changed: alias %s points at %s, mapping_file gives %s; run ptop reindex",
 		s.alias, strings.Join(points, ", "), s.physical))
 }
 
@@ -391,7 +390,7 @@ func (s *Sink) rebuildNumber(name string) (int64, bool) {
 func (s *Sink) openError(what string, status int, body []byte) error {
 	err := s.httpError(what, status, body)
 	if status == http.StatusUnauthorized || status == http.StatusForbidden {
-		return engine.Permanent(err)
+		return component.Permanent(err)
 	}
 	return err
 }
@@ -451,7 +450,7 @@ func (s *Sink) httpError(what string, status int, body []byte) error {
 		reason = http.StatusText(status)
 	}
 	// A reason may quote a long value (an _id) once per record at fault.
-	reason = engine.ClipWords(reason)
+	reason = component.ClipWords(reason)
 	if len(reason) > 1000 {
 		reason = strings.ToValidUTF8(reason[:1000], "") + "…"
 	}
@@ -512,14 +511,14 @@ func errorReason(body []byte) string {
 	return e.String()
 }
 
-// Write implements engine.Sink with one _bulk request (more for a very
+// Write implements component.Sink with one _bulk request (more for a very
 // large batch). It returns nil when every record is written (or was older
-// than what the index holds), engine.RecordErrors for records the server
+// than what the index holds), component.RecordErrors for records the server
 // rejected, and a plain error when the batch should be retried.
-func (s *Sink) Write(ctx context.Context, records []engine.Record) (err error) {
+func (s *Sink) Write(ctx context.Context, records []component.Record) (err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var rerrs engine.RecordErrors
+	var rerrs component.RecordErrors
 	spans := s.enc.encode(records, &rerrs)
 	s.refused = 0
 	if n := len(spans); n > 1 {
@@ -601,7 +600,7 @@ type retryItem struct {
 // send writes spans with as few _bulk requests as their size allows, and
 // sorts the items of the answers: written, rejected (added to rerrs) or
 // to retry (returned).
-func (s *Sink) send(ctx context.Context, records []engine.Record, spans []span, rerrs *engine.RecordErrors) ([]retryItem, error) {
+func (s *Sink) send(ctx context.Context, records []component.Record, spans []span, rerrs *component.RecordErrors) ([]retryItem, error) {
 	var retry []retryItem
 	for len(spans) > 0 {
 		n, size := 0, 0
@@ -617,7 +616,7 @@ func (s *Sink) send(ctx context.Context, records []engine.Record, spans []span, 
 			// records (an _id too long, a document over the request
 			// limit): halve it until those records stand alone.
 			if len(part) == 1 {
-				*rerrs = append(*rerrs, engine.RecordError{Index: part[0].rec, Err: err})
+				*rerrs = append(*rerrs, component.RecordError{Index: part[0].rec, Err: err})
 				if status == http.StatusBadRequest {
 					s.refused++ // 413 alone: the record is too large, surely its own fault
 				}
@@ -650,7 +649,7 @@ func (s *Sink) send(ctx context.Context, records []engine.Record, spans []span, 
 			case itemRetry:
 				retry = append(retry, retryItem{span: sp, why: why})
 			case itemRejected:
-				*rerrs = append(*rerrs, engine.RecordError{Index: sp.rec, Err: errors.New(engine.ClipWords(why))})
+				*rerrs = append(*rerrs, component.RecordError{Index: sp.rec, Err: errors.New(component.ClipWords(why))})
 			case itemFatal:
 				err := fmt.Errorf("_bulk at %s: %s", s.redacted, why)
 				if e := items[i].Error; e != nil && e.Type == "index_not_found_exception" {
@@ -714,17 +713,17 @@ func (s *Sink) bulk(ctx context.Context, part []span) ([]bulkItem, error) {
 	return parseBulkResponse(s.in.Bytes())
 }
 
-// Close implements engine.Sink.
+// Close implements component.Sink.
 func (s *Sink) Close() error {
 	s.transport.CloseIdleConnections()
 	return nil
 }
 
-// GuardsPositions implements engine.PositionGuard: documents are kept
+// GuardsPositions implements component.PositionGuard: documents are kept
 // over records of earlier changes (external versions).
 func (s *Sink) GuardsPositions() bool { return true }
 
 var (
-	_ engine.Sink          = (*Sink)(nil)
-	_ engine.PositionGuard = (*Sink)(nil)
+	_ component.Sink          = (*Sink)(nil)
+	_ component.PositionGuard = (*Sink)(nil)
 )

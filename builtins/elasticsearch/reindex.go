@@ -12,19 +12,19 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/component"
 )
 
 // Reindex support: see "Reindex" in the package doc.
 
-var _ engine.Rebuildable = (*Sink)(nil)
+var _ component.Rebuildable = (*Sink)(nil)
 
-// RebuildTarget implements engine.Rebuildable: it chooses the index to
+// RebuildTarget implements component.Rebuildable: it chooses the index to
 // rebuild into (see the package doc), creates it if it is missing (when
 // fresh, deletes it first if it exists), and returns a sink that writes
 // straight into it, with the index's uuid as its id. Promote, on this
 // same sink, flips the alias to it.
-func (s *Sink) RebuildTarget(ctx context.Context, fresh bool) (engine.Sink, string, error) {
+func (s *Sink) RebuildTarget(ctx context.Context, fresh bool) (component.Sink, string, error) {
 	t, err := s.rebuildTarget(ctx, fresh)
 	if err != nil {
 		return nil, "", err
@@ -179,7 +179,7 @@ func (s *Sink) rebuildSink(index string) *Sink {
 	return t
 }
 
-// Promote implements engine.Rebuildable: in one atomic request it removes
+// Promote implements component.Rebuildable: in one atomic request it removes
 // the alias from every index it points at and points it at the index
 // RebuildTarget chose, then deletes the indexes it pointed at before, or
 // with keepOld blocks writes to them. A failure after the flip is logged

@@ -33,13 +33,13 @@ import (
 
 	json "github.com/goccy/go-json"
 
-	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/component"
 	"github.com/dimagi/ptop/internal/couchrow"
 )
 
 func init() {
-	engine.RegisterSource("file", NewSource)
-	engine.RegisterSink("file", NewSink)
+	component.RegisterSource("file", NewSource)
+	component.RegisterSink("file", NewSink)
 }
 
 // SourceConfig is `source: {file: …}`.
@@ -47,8 +47,8 @@ type SourceConfig struct {
 	Path string `yaml:"path" ptop:"required" doc:"The changes-feed dump to read, one _changes row per line (as feed=continuous&include_docs=true writes them)."`
 }
 
-// Validate implements engine.Validator.
-func (c *SourceConfig) Validate(ch *engine.Check) {
+// Validate implements component.Validator.
+func (c *SourceConfig) Validate(ch component.Check) {
 	if ch.Has("path") && c.Path == "" {
 		ch.Errorf("path", "path must not be empty")
 	}
@@ -60,16 +60,16 @@ type Source struct {
 }
 
 // NewSource makes a file source; the file is opened when it runs.
-func NewSource(cfg *SourceConfig, _ engine.BuildContext) (engine.Source, error) {
+func NewSource(cfg *SourceConfig, _ component.BuildContext) (component.Source, error) {
 	return &Source{path: cfg.Path}, nil
 }
 
-// Run implements engine.Source. With since empty the file is read from its
+// Run implements component.Source. With since empty the file is read from its
 // start; otherwise from after the row whose seq is since (a checkpoint
 // kept in another store, such as Postgres): the rows up to it were
 // processed by an earlier run. A since that no row of the file has is an
 // error, rather than a reason to read everything again.
-func (s *Source) Run(ctx context.Context, since string, out chan<- engine.Change) error {
+func (s *Source) Run(ctx context.Context, since string, out chan<- component.Change) error {
 	f, err := os.Open(s.path)
 	if err != nil {
 		return err
@@ -108,7 +108,7 @@ func (s *Source) Run(ctx context.Context, since string, out chan<- engine.Change
 		}
 		if err == io.EOF {
 			if since != "" {
-				return engine.Permanent(fmt.Errorf("%s: no row has the checkpoint's seq %q; the file is not the one the checkpoint was saved from", s.path, since))
+				return component.Permanent(fmt.Errorf("%s: no row has the checkpoint's seq %q; the file is not the one the checkpoint was saved from", s.path, since))
 			}
 			return nil
 		}
@@ -120,10 +120,10 @@ func (s *Source) Run(ctx context.Context, since string, out chan<- engine.Change
 
 // parseRow turns a line into a change, or nil for lines that carry none
 // (the feed's closing {"last_seq":…}).
-func parseRow(line []byte, lineNo int) *engine.Change {
+func parseRow(line []byte, lineNo int) *component.Change {
 	r, err := couchrow.Parse(line)
 	if err != nil {
-		return &engine.Change{Err: fmt.Errorf("line %d: %w", lineNo, err)}
+		return &component.Change{Err: fmt.Errorf("line %d: %w", lineNo, err)}
 	}
 	if r.ID == "" && r.LastSeq != nil {
 		return nil // the dump's end
@@ -143,8 +143,8 @@ type SinkConfig struct {
 	Sync bool `yaml:"sync" doc:"Call fsync after each batch, for durability across a crash of the machine, not just of ptop."`
 }
 
-// Validate implements engine.Validator.
-func (c *SinkConfig) Validate(ch *engine.Check) {
+// Validate implements component.Validator.
+func (c *SinkConfig) Validate(ch component.Check) {
 	if ch.Has("path") && c.Path == "" {
 		ch.Errorf("path", "path must not be empty (use \"-\" for stdout)")
 	}
@@ -167,11 +167,11 @@ type Sink struct {
 }
 
 // NewSink makes a file sink; the file is opened by Open.
-func NewSink(cfg *SinkConfig, _ engine.BuildContext) (engine.Sink, error) {
+func NewSink(cfg *SinkConfig, _ component.BuildContext) (component.Sink, error) {
 	return &Sink{cfg: *cfg}, nil
 }
 
-// Open implements engine.Sink. The file's directory is created when
+// Open implements component.Sink. The file's directory is created when
 // missing. A path that cannot be opened (a directory, no permission) is a
 // permanent error: retrying would not change it.
 func (s *Sink) Open(context.Context) error {
@@ -179,11 +179,11 @@ func (s *Sink) Open(context.Context) error {
 		s.f = os.Stdout
 	} else {
 		if err := os.MkdirAll(filepath.Dir(s.cfg.Path), 0o755); err != nil {
-			return engine.Permanent(err)
+			return component.Permanent(err)
 		}
 		f, err := os.OpenFile(s.cfg.Path, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o644)
 		if err != nil {
-			return engine.Permanent(err)
+			return component.Permanent(err)
 		}
 		if err := endPartialLine(f); err != nil {
 			f.Close()
@@ -245,12 +245,12 @@ type line struct {
 	Doc    any    `json:"doc,omitempty"`
 }
 
-// Write implements engine.Sink: the batch is written and flushed to the
+// Write implements component.Sink: the batch is written and flushed to the
 // file before it returns.
-func (s *Sink) Write(_ context.Context, records []engine.Record) error {
+func (s *Sink) Write(_ context.Context, records []component.Record) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var errs engine.RecordErrors
+	var errs component.RecordErrors
 	for i := range records {
 		r := &records[i]
 		l := line{Action: "index", ID: r.ID, Doc: r.Doc}
@@ -259,7 +259,7 @@ func (s *Sink) Write(_ context.Context, records []engine.Record) error {
 		}
 		s.buf.Reset()
 		if err := s.enc.Encode(l); err != nil {
-			errs = append(errs, engine.RecordError{Index: i, Err: fmt.Errorf("encoding the record: %w", err)})
+			errs = append(errs, component.RecordError{Index: i, Err: fmt.Errorf("encoding the record: %w", err)})
 			continue
 		}
 		if _, err := s.w.Write(s.buf.Bytes()); err != nil {
@@ -280,7 +280,7 @@ func (s *Sink) Write(_ context.Context, records []engine.Record) error {
 	return nil
 }
 
-// Close implements engine.Sink.
+// Close implements component.Sink.
 func (s *Sink) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -296,6 +296,6 @@ func (s *Sink) Close() error {
 }
 
 var (
-	_ engine.Source = (*Source)(nil)
-	_ engine.Sink   = (*Sink)(nil)
+	_ component.Source = (*Source)(nil)
+	_ component.Sink   = (*Sink)(nil)
 )

@@ -12,13 +12,13 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/component"
 )
 
 // Checkpoints keeps pillows' checkpoints in a table, one row per pillow:
 // (pillow text primary key, seq text, updated_at timestamptz). Beside it,
 // in TABLE_records, it keeps the record sets of the pillows
-// (engine.RecordSets): (pillow text, doc_id text, ids text[], primary key
+// (component.RecordSets): (pillow text, doc_id text, ids text[], primary key
 // (pillow, doc_id)).
 type Checkpoints struct {
 	poolCfg *pgxpool.Config
@@ -35,7 +35,7 @@ type Checkpoints struct {
 
 // NewCheckpoints makes a checkpoint store from its configuration. It makes
 // no network call: the table is created, when missing, on first use.
-func NewCheckpoints(cfg *CheckpointConfig, _ engine.BuildContext) (engine.CheckpointStore, error) {
+func NewCheckpoints(cfg *CheckpointConfig, _ component.BuildContext) (component.CheckpointStore, error) {
 	poolCfg, conn, err := poolConfig(cfg.DSN, 1)
 	if err != nil {
 		return nil, err
@@ -93,7 +93,7 @@ func (c *Checkpoints) ensureTable(ctx context.Context, q querier) error {
 	return nil
 }
 
-// LoadCheckpoint implements engine.CheckpointStore.
+// LoadCheckpoint implements component.CheckpointStore.
 func (c *Checkpoints) LoadCheckpoint(ctx context.Context, pillow string) (string, error) {
 	pool, err := c.getPool(ctx)
 	if err != nil {
@@ -113,7 +113,7 @@ func (c *Checkpoints) LoadCheckpoint(ctx context.Context, pillow string) (string
 	return seq, nil
 }
 
-// SaveCheckpoint implements engine.CheckpointStore.
+// SaveCheckpoint implements component.CheckpointStore.
 func (c *Checkpoints) SaveCheckpoint(ctx context.Context, pillow, seq string) error {
 	pool, err := c.getPool(ctx)
 	if err != nil {
@@ -155,8 +155,8 @@ func (c *Checkpoints) ensureSets(ctx context.Context, q querier) error {
 	return nil
 }
 
-// LoadRecordSets implements engine.RecordSets.
-func (c *Checkpoints) LoadRecordSets(ctx context.Context, pillow string, docIDs []string) ([]engine.RecordSet, error) {
+// LoadRecordSets implements component.RecordSets.
+func (c *Checkpoints) LoadRecordSets(ctx context.Context, pillow string, docIDs []string) ([]component.RecordSet, error) {
 	pool, err := c.getPool(ctx)
 	if err != nil {
 		return nil, err
@@ -169,9 +169,9 @@ func (c *Checkpoints) LoadRecordSets(ctx context.Context, pillow string, docIDs 
 	if err != nil {
 		return nil, classify(err)
 	}
-	var out []engine.RecordSet
+	var out []component.RecordSet
 	for rows.Next() {
-		var rs engine.RecordSet
+		var rs component.RecordSet
 		if err := rows.Scan(&rs.DocID, &rs.IDs); err != nil {
 			rows.Close()
 			return nil, classify(err)
@@ -181,8 +181,8 @@ func (c *Checkpoints) LoadRecordSets(ctx context.Context, pillow string, docIDs 
 	return out, classify(rows.Err())
 }
 
-// SaveRecordSets implements engine.RecordSets, in one transaction.
-func (c *Checkpoints) SaveRecordSets(ctx context.Context, pillow string, sets []engine.RecordSet) ([]engine.RecordSet, error) {
+// SaveRecordSets implements component.RecordSets, in one transaction.
+func (c *Checkpoints) SaveRecordSets(ctx context.Context, pillow string, sets []component.RecordSet) ([]component.RecordSet, error) {
 	pool, err := c.getPool(ctx)
 	if err != nil {
 		return nil, err
@@ -242,6 +242,6 @@ func (c *Checkpoints) Close() error {
 }
 
 var (
-	_ engine.CheckpointStore = (*Checkpoints)(nil)
-	_ engine.RecordSets      = (*Checkpoints)(nil)
+	_ component.CheckpointStore = (*Checkpoints)(nil)
+	_ component.RecordSets      = (*Checkpoints)(nil)
 )

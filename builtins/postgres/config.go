@@ -7,10 +7,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dimagi/ptop/component"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/dimagi/ptop/engine"
 )
 
 // Config is the YAML under `- postgres: …` in sinks.
@@ -36,7 +35,7 @@ type Config struct {
 	Create bool `yaml:"create" doc:"Create the table and its missing columns; without it a missing table or column stops the pillow at start."`
 	// Timeout bounds the writing of one batch; past it the batch is
 	// rolled back and retried. Default 60s.
-	Timeout engine.Duration `yaml:"timeout" doc:"Bound on writing one batch; past it the batch is rolled back and retried (default 60s)."`
+	Timeout component.Duration `yaml:"timeout" doc:"Bound on writing one batch; past it the batch is rolled back and retried (default 60s)."`
 
 	// columnOrder is the order the columns are written in the file.
 	columnOrder []string
@@ -56,11 +55,11 @@ const (
 	docColumn   = "doc"
 )
 
-// SetDefaults implements engine.Defaulter.
+// SetDefaults implements component.Defaulter.
 func (c *Config) SetDefaults() {
 	c.Key = "_id"
 	c.Doc = true
-	c.Timeout = engine.Duration(DefaultTimeout)
+	c.Timeout = component.Duration(DefaultTimeout)
 }
 
 // typeRE is what a column type may look like: words, an optional
@@ -69,8 +68,8 @@ func (c *Config) SetDefaults() {
 // into SQL as they are, so nothing else is let through.
 var typeRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*( [A-Za-z_][A-Za-z0-9_]*)*( ?\( *[0-9]+ *(, *[0-9]+ *)?\))?( ?\[\])*$`)
 
-// Validate implements engine.Validator.
-func (c *Config) Validate(ch *engine.Check) {
+// Validate implements component.Validator.
+func (c *Config) Validate(ch component.Check) {
 	if ch.Has("dsn") {
 		if msg := checkDSN(c.DSN); msg != "" {
 			ch.Errorf("dsn", "%s", msg)
@@ -202,11 +201,11 @@ type CheckpointConfig struct {
 // DefaultCheckpointTable is the checkpoint table when none is configured.
 const DefaultCheckpointTable = "ptop_checkpoints"
 
-// SetDefaults implements engine.Defaulter.
+// SetDefaults implements component.Defaulter.
 func (c *CheckpointConfig) SetDefaults() { c.Table = DefaultCheckpointTable }
 
-// Validate implements engine.Validator.
-func (c *CheckpointConfig) Validate(ch *engine.Check) {
+// Validate implements component.Validator.
+func (c *CheckpointConfig) Validate(ch component.Check) {
 	if ch.Has("dsn") {
 		if msg := checkDSN(c.DSN); msg != "" {
 			ch.Errorf("dsn", "%s", msg)

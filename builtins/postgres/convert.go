@@ -13,7 +13,7 @@ import (
 
 	json "github.com/goccy/go-json"
 
-	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/component"
 	"github.com/dimagi/ptop/internal/jsonx"
 )
 
@@ -55,7 +55,7 @@ type row struct {
 	key   string  // the record id
 	vals  []value // one per data column, then doc when the sink keeps it
 	rev   value   // the revision, NULL when the record has none
-	pos   int64   // the change's feed position (engine.SeqPosition)
+	pos   int64   // the change's feed position (component.SeqPosition)
 	hasP  bool    // false: no position, no ordering
 	docID value   // the id of the record's document, NULL when unknown
 	del   bool
@@ -110,7 +110,7 @@ func newEncoder(key string, columns []string, kinds []kind, doc, docJSON bool) *
 
 // head makes the row of record i without its values, or says why it
 // cannot be written.
-func head(i int, r *engine.Record) (row, error) {
+func head(i int, r *component.Record) (row, error) {
 	out := row{index: i, key: r.ID, del: r.Delete}
 	if r.ID == "" {
 		return out, errors.New("the record has no id")
@@ -118,7 +118,7 @@ func head(i int, r *engine.Record) (row, error) {
 	if strings.IndexByte(r.ID, 0) >= 0 {
 		return out, errors.New("the record id contains a NUL character, which Postgres text cannot hold")
 	}
-	out.pos = engine.SeqPosition(r.Seq)
+	out.pos = component.SeqPosition(r.Seq)
 	out.hasP = out.pos >= 0
 	if r.Rev != "" {
 		if strings.IndexByte(r.Rev, 0) >= 0 {
@@ -136,7 +136,7 @@ func head(i int, r *engine.Record) (row, error) {
 }
 
 // fields returns a record's fields.
-func fields(r *engine.Record) (map[string]any, error) {
+func fields(r *component.Record) (map[string]any, error) {
 	if raw, ok := r.Doc.(json.RawMessage); ok {
 		// A document passed through as sent: its numbers stay exact
 		// (json.Number) for numeric, bigint and json columns.
@@ -157,7 +157,7 @@ func fields(r *engine.Record) (map[string]any, error) {
 
 // values converts a record's fields for the columns (and doc), appending
 // to vals.
-func (e *encoder) values(r *engine.Record, vals []value) ([]value, error) {
+func (e *encoder) values(r *component.Record, vals []value) ([]value, error) {
 	doc, err := fields(r)
 	if err != nil {
 		return nil, err
@@ -191,7 +191,7 @@ func (e *encoder) values(r *engine.Record, vals []value) ([]value, error) {
 
 // appendCopy appends record r's line in COPY's text format: key, columns,
 // doc, revision and position. On error buf is returned as it was.
-func (e *encoder) appendCopy(buf []byte, r *engine.Record, rw *row) ([]byte, error) {
+func (e *encoder) appendCopy(buf []byte, r *component.Record, rw *row) ([]byte, error) {
 	doc, err := fields(r)
 	if err != nil {
 		return buf, err

@@ -7,12 +7,11 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/dimagi/ptop/component"
 	"github.com/jackc/pgx/v5"
-
-	"github.com/dimagi/ptop/engine"
 )
 
-// Leases (engine.LeaseStore) are rows of the table "<checkpoint table>_lease",
+// Leases (component.LeaseStore) are rows of the table "<checkpoint table>_lease",
 // created on first use beside the checkpoint table:
 //
 //	(name text primary key, holder text, ttl_ms bigint, renewed timestamptz,
@@ -56,29 +55,29 @@ func (c *Checkpoints) ensureLeaseTable(ctx context.Context) (querier, error) {
 	return pool, nil
 }
 
-// ReadLease implements engine.LeaseStore.
-func (c *Checkpoints) ReadLease(ctx context.Context, name string) (engine.Lease, error) {
+// ReadLease implements component.LeaseStore.
+func (c *Checkpoints) ReadLease(ctx context.Context, name string) (component.Lease, error) {
 	q, err := c.ensureLeaseTable(ctx)
 	if err != nil {
-		return engine.Lease{}, err
+		return component.Lease{}, err
 	}
-	var l engine.Lease
+	var l component.Lease
 	var ttl, version int64
 	err = q.QueryRow(ctx, "SELECT holder, ttl_ms, renewed, space, version FROM "+c.leaseTable().Sanitize()+" WHERE name = $1", name).
 		Scan(&l.Holder, &ttl, &l.Renewed, &l.Space, &version)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return engine.Lease{}, nil
+		return component.Lease{}, nil
 	}
 	if err != nil {
-		return engine.Lease{}, classify(fmt.Errorf("reading lease %s: %w", name, err))
+		return component.Lease{}, classify(fmt.Errorf("reading lease %s: %w", name, err))
 	}
 	l.TTL = time.Duration(ttl) * time.Millisecond
 	l.Version = strconv.FormatInt(version, 10)
 	return l, nil
 }
 
-// WriteLease implements engine.LeaseStore.
-func (c *Checkpoints) WriteLease(ctx context.Context, name, prev string, l engine.Lease) (string, error) {
+// WriteLease implements component.LeaseStore.
+func (c *Checkpoints) WriteLease(ctx context.Context, name, prev string, l component.Lease) (string, error) {
 	q, err := c.ensureLeaseTable(ctx)
 	if err != nil {
 		return "", err
@@ -91,13 +90,13 @@ func (c *Checkpoints) WriteLease(ctx context.Context, name, prev string, l engin
 	} else {
 		prevN, perr := strconv.ParseInt(prev, 10, 64)
 		if perr != nil {
-			return "", fmt.Errorf("lease %s: %w (version %q)", name, engine.ErrLeaseConflict, prev)
+			return "", fmt.Errorf("lease %s: %w (version %q)", name, component.ErrLeaseConflict, prev)
 		}
 		err = q.QueryRow(ctx, "UPDATE "+t+" SET holder = $2, ttl_ms = $3, renewed = $4, space = $5, version = version + 1"+
 			" WHERE name = $1 AND version = $6 RETURNING version", name, l.Holder, l.TTL.Milliseconds(), l.Renewed, l.Space, prevN).Scan(&version)
 	}
 	if errors.Is(err, pgx.ErrNoRows) {
-		return "", fmt.Errorf("lease %s: %w", name, engine.ErrLeaseConflict)
+		return "", fmt.Errorf("lease %s: %w", name, component.ErrLeaseConflict)
 	}
 	if err != nil {
 		return "", classify(fmt.Errorf("writing lease %s: %w", name, err))
@@ -105,4 +104,4 @@ func (c *Checkpoints) WriteLease(ctx context.Context, name, prev string, l engin
 	return strconv.FormatInt(version, 10), nil
 }
 
-var _ engine.LeaseStore = (*Checkpoints)(nil)
+var _ component.LeaseStore = (*Checkpoints)(nil)

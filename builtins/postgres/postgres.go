@@ -56,7 +56,7 @@
 // them. When the feed goes back (its database was recreated), the engine
 // stops the pillow and asks for a reindex: see the README.
 //
-// The sink is an engine.DocSetWriter: after a batch's upserts and deletes,
+// The sink is an component.DocSetWriter: after a batch's upserts and deletes,
 // the rows of the batch's documents (by _doc_id) whose keys the documents'
 // last changes no longer produce are deleted, unless they are of a newer
 // generation, in the same transaction.
@@ -72,7 +72,7 @@
 // A record that Postgres rejects on its own (a value it cannot parse, a
 // constraint) does not hold the batch: the batch is written again with the
 // rejected records found by bisection under savepoints, and
-// engine.RecordErrors names exactly those; the rest are committed. When
+// component.RecordErrors names exactly those; the rest are committed. When
 // a batch has rejected records, the sink first checks that the table's
 // column types are still those its statements were made for: after an
 // ALTER COLUMN … TYPE while the pillow runs, it reads them again and
@@ -89,7 +89,7 @@
 // The `postgres` checkpoint store keeps one row per pillow in a table
 // (pillow text primary key, seq text, updated_at timestamptz), created
 // when missing; sequence ids are stored verbatim. It keeps the pillows'
-// record sets (engine.RecordSets) in TABLE_records beside it. When a pillow's
+// record sets (component.RecordSets) in TABLE_records beside it. When a pillow's
 // checkpoint store and one of its postgres sinks use the same server,
 // database and user, that sink saves the checkpoint in the transaction of
 // each batch: the table and the checkpoint never disagree, even after a
@@ -124,12 +124,12 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/component"
 )
 
 func init() {
-	engine.RegisterSink("postgres", New)
-	engine.RegisterCheckpointStore("postgres", NewCheckpoints)
+	component.RegisterSink("postgres", New)
+	component.RegisterCheckpointStore("postgres", NewCheckpoints)
 }
 
 // Sink upserts records into a table.
@@ -164,7 +164,7 @@ type Sink struct {
 }
 
 // New makes a sink from its configuration. It makes no network call.
-func New(cfg *Config, bc engine.BuildContext) (engine.Sink, error) {
+func New(cfg *Config, bc component.BuildContext) (component.Sink, error) {
 	poolCfg, conn, err := poolConfig(cfg.DSN, 2)
 	if err != nil {
 		return nil, err
@@ -189,7 +189,7 @@ func New(cfg *Config, bc engine.BuildContext) (engine.Sink, error) {
 		s.cfg.Key = "_id"
 	}
 	if s.cfg.Timeout <= 0 {
-		s.cfg.Timeout = engine.Duration(DefaultTimeout)
+		s.cfg.Timeout = component.Duration(DefaultTimeout)
 	}
 	// The order written in the file, else (a Config made in Go) by name.
 	for _, c := range cfg.columnOrder {
@@ -240,7 +240,7 @@ func poolConfig(dsn string, maxConns int32) (*pgxpool.Config, string, error) {
 	return pc, conn, nil
 }
 
-// Open implements engine.Sink: it connects, checks the table (creating it
+// Open implements component.Sink: it connects, checks the table (creating it
 // with create: true) and prepares the statements.
 func (s *Sink) Open(ctx context.Context) error {
 	_, err := s.schema(ctx)
@@ -303,18 +303,18 @@ func (s *Sink) schema(ctx context.Context) (*schema, error) {
 	return sch, nil
 }
 
-// Write implements engine.Sink.
-func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
+// Write implements component.Sink.
+func (s *Sink) Write(ctx context.Context, records []component.Record) error {
 	return s.writeTx(ctx, records, nil, "", "", nil)
 }
 
-// WriteDocSets implements engine.DocSetWriter: in the batch's transaction,
+// WriteDocSets implements component.DocSetWriter: in the batch's transaction,
 // after its records, the rows of the documents of sets whose keys the
 // documents no longer produce are deleted (found by _doc_id), unless they
 // were written from a later feed position than the set's change. With
 // seq, the checkpoint is saved in it too, after recordRejected has taken
 // the records Postgres rejected.
-func (s *Sink) WriteDocSets(ctx context.Context, records []engine.Record, sets []engine.DocSet, pillow, seq string, recordRejected func(engine.RecordErrors) error) error {
+func (s *Sink) WriteDocSets(ctx context.Context, records []component.Record, sets []component.DocSet, pillow, seq string, recordRejected func(component.RecordErrors) error) error {
 	if seq != "" {
 		s.mu.Lock()
 		cps := s.cps
@@ -328,10 +328,10 @@ func (s *Sink) WriteDocSets(ctx context.Context, records []engine.Record, sets [
 	return s.writeTx(ctx, records, sets, pillow, seq, recordRejected)
 }
 
-// SharesStore implements engine.TransactionalSink: cps shares this sink's
+// SharesStore implements component.TransactionalSink: cps shares this sink's
 // database when it is a postgres checkpoint store of the same server,
 // database and user. The sink then saves checkpoints in cps's table.
-func (s *Sink) SharesStore(cps engine.CheckpointStore) bool {
+func (s *Sink) SharesStore(cps component.CheckpointStore) bool {
 	c, ok := cps.(*Checkpoints)
 	if !ok || c.conn != s.conn {
 		return false
@@ -343,11 +343,11 @@ func (s *Sink) SharesStore(cps engine.CheckpointStore) bool {
 	return true
 }
 
-// WriteCheckpointed implements engine.TransactionalSink: the records and
+// WriteCheckpointed implements component.TransactionalSink: the records and
 // the pillow's checkpoint are committed together.
 // The records Postgres rejects are handed to recordRejected before the
 // commit; if it fails, the transaction is rolled back.
-func (s *Sink) WriteCheckpointed(ctx context.Context, records []engine.Record, pillow, seq string, recordRejected func(engine.RecordErrors) error) error {
+func (s *Sink) WriteCheckpointed(ctx context.Context, records []component.Record, pillow, seq string, recordRejected func(component.RecordErrors) error) error {
 	s.mu.Lock()
 	cps := s.cps
 	s.mu.Unlock()
@@ -360,7 +360,7 @@ func (s *Sink) WriteCheckpointed(ctx context.Context, records []engine.Record, p
 	return s.writeTx(ctx, records, nil, pillow, seq, recordRejected)
 }
 
-// Close implements engine.Sink.
+// Close implements component.Sink.
 func (s *Sink) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -399,29 +399,29 @@ const (
 
 // batch is one Write's work.
 type batch struct {
-	records  []engine.Record
+	records  []component.Record
 	ups      []row // one per id, values not encoded yet
 	dels     []row
-	sets     []engine.DocSet // documents whose other rows go
-	rejected engine.RecordErrors
+	sets     []component.DocSet // documents whose other rows go
+	rejected component.RecordErrors
 	// failed are the records rejected before the transaction (no id);
 	// onRejected, when set, is given them and rejected before the commit.
-	failed     engine.RecordErrors
-	onRejected func(engine.RecordErrors) error
+	failed     component.RecordErrors
+	onRejected func(component.RecordErrors) error
 	// checked: the table's types were checked after records were
 	// rejected (see schema.stale).
 	checked bool
 }
 
 func (b *batch) reject(r row, err error) {
-	b.rejected = append(b.rejected, engine.RecordError{Index: r.index, Err: rejection(err)})
+	b.rejected = append(b.rejected, component.RecordError{Index: r.index, Err: rejection(err)})
 }
 
 // writeTx writes a batch, then removes the other rows of the documents of
 // sets, with pillow's checkpoint when seq is set. With recordRejected, the
 // rejected records are handed to it before the commit instead of being
 // returned.
-func (s *Sink) writeTx(ctx context.Context, records []engine.Record, sets []engine.DocSet, pillow, seq string, recordRejected func(engine.RecordErrors) error) error {
+func (s *Sink) writeTx(ctx context.Context, records []component.Record, sets []component.DocSet, pillow, seq string, recordRejected func(component.RecordErrors) error) error {
 	sch, err := s.schema(ctx)
 	if err != nil {
 		return err
@@ -431,12 +431,12 @@ func (s *Sink) writeTx(ctx context.Context, records []engine.Record, sets []engi
 		return err
 	}
 	b := &batch{records: records, sets: sets}
-	var failed engine.RecordErrors
+	var failed component.RecordErrors
 	rows := make([]row, 0, len(records))
 	for i := range records {
 		r, err := head(i, &records[i])
 		if err != nil {
-			failed = append(failed, engine.RecordError{Index: i, Err: err})
+			failed = append(failed, component.RecordError{Index: i, Err: err})
 			continue
 		}
 		rows = append(rows, r)
@@ -526,7 +526,7 @@ func (s *Sink) writeError(err error) error {
 	return classify(err)
 }
 
-func recordErrors(errs engine.RecordErrors) error {
+func recordErrors(errs component.RecordErrors) error {
 	if len(errs) == 0 {
 		return nil
 	}
@@ -624,8 +624,8 @@ func (s *Sink) transaction(ctx context.Context, pool *pgxpool.Pool, sch *schema,
 		}
 	}
 	if b.onRejected != nil {
-		if rej := append(append(engine.RecordErrors(nil), b.failed...), b.rejected...); len(rej) > 0 {
-			if err := b.onRejected(recordErrors(rej).(engine.RecordErrors)); err != nil {
+		if rej := append(append(component.RecordErrors(nil), b.failed...), b.rejected...); len(rej) > 0 {
+			if err := b.onRejected(recordErrors(rej).(component.RecordErrors)); err != nil {
 				return err
 			}
 		}
@@ -689,9 +689,9 @@ func existing(ctx context.Context, tx pgx.Tx, sch *schema, ups []row) (map[int]b
 // whose values cannot be encoded is rejected and left out.
 type copyReader struct {
 	rows     []row
-	records  []engine.Record
+	records  []component.Record
 	enc      *encoder
-	rejected engine.RecordErrors
+	rejected component.RecordErrors
 	buf      []byte
 	off      int
 }
@@ -708,7 +708,7 @@ func (c *copyReader) Read(p []byte) (int, error) {
 			var err error
 			c.buf, err = c.enc.appendCopy(c.buf, &c.records[r.index], &r)
 			if err != nil {
-				c.rejected = append(c.rejected, engine.RecordError{Index: r.index, Err: err})
+				c.rejected = append(c.rejected, component.RecordError{Index: r.index, Err: err})
 			}
 		}
 	}
@@ -767,9 +767,9 @@ func deleteRows(ctx context.Context, tx pgx.Tx, sch *schema, rows []row) error {
 // sets do not name, unless of a newer generation than the set's revision:
 // it looks the documents' rows up by _doc_id, then deletes the stale ones
 // by key, as deletions are (the generation guard included).
-func replaceDocs(ctx context.Context, tx pgx.Tx, sch *schema, sets []engine.DocSet) error {
+func replaceDocs(ctx context.Context, tx pgx.Tx, sch *schema, sets []component.DocSet) error {
 	docs := make([]string, 0, len(sets))
-	bySet := make(map[string]*engine.DocSet, len(sets))
+	bySet := make(map[string]*component.DocSet, len(sets))
 	for i := range sets {
 		ds := &sets[i]
 		if strings.IndexByte(ds.DocID, 0) >= 0 {
@@ -794,7 +794,7 @@ func replaceDocs(ctx context.Context, tx pgx.Tx, sch *schema, sets []engine.DocS
 			continue
 		}
 		r := row{key: key, del: true}
-		r.pos = engine.SeqPosition(ds.Seq)
+		r.pos = component.SeqPosition(ds.Seq)
 		r.hasP = r.pos >= 0
 		stale = append(stale, r)
 	}
@@ -872,30 +872,30 @@ func rejection(err error) error {
 // classify marks the errors that retrying cannot fix as permanent: bad
 // credentials, a database that does not exist, an invalid configuration.
 func classify(err error) error {
-	if err == nil || engine.IsPermanent(err) {
+	if err == nil || component.IsPermanent(err) {
 		return err
 	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		switch pe.Code {
 		case "28P01", "28000", "3D000":
-			return engine.Permanent(err)
+			return component.Permanent(err)
 		}
 	}
 	var pce *pgconn.ParseConfigError
 	if errors.As(err, &pce) {
-		return engine.Permanent(errors.New("invalid dsn: " + dsnError(err)))
+		return component.Permanent(errors.New("invalid dsn: " + dsnError(err)))
 	}
 	return err
 }
 
-// GuardsPositions implements engine.PositionGuard: rows are kept over
+// GuardsPositions implements component.PositionGuard: rows are kept over
 // records of earlier changes.
 func (s *Sink) GuardsPositions() bool { return true }
 
 var (
-	_ engine.Sink              = (*Sink)(nil)
-	_ engine.TransactionalSink = (*Sink)(nil)
-	_ engine.PositionGuard     = (*Sink)(nil)
-	_ engine.DocSetWriter      = (*Sink)(nil)
+	_ component.Sink              = (*Sink)(nil)
+	_ component.TransactionalSink = (*Sink)(nil)
+	_ component.PositionGuard     = (*Sink)(nil)
+	_ component.DocSetWriter      = (*Sink)(nil)
 )

@@ -1,6 +1,6 @@
 package postgres
 
-// Rebuilds, for `ptop reindex` (engine.Rebuildable).
+// Rebuilds, for `ptop reindex` (component.Rebuildable).
 //
 // RebuildTarget returns a sink writing into a shadow table, TABLE__reindex
 // in the live table's schema, made as create: true makes a table from the
@@ -36,10 +36,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/dimagi/ptop/component"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-
-	"github.com/dimagi/ptop/engine"
 )
 
 const (
@@ -59,7 +58,7 @@ const (
 	promoteAttempts    = 20
 )
 
-var _ engine.Rebuildable = (*Sink)(nil)
+var _ component.Rebuildable = (*Sink)(nil)
 
 // rebuildNames are the tables of a rebuild, all in one schema.
 type rebuildNames struct {
@@ -77,7 +76,7 @@ func (n rebuildNames) old() pgx.Identifier    { return pgx.Identifier{n.schema, 
 func resolveNames(ctx context.Context, q querier, table pgx.Identifier) (rebuildNames, error) {
 	rel := table[len(table)-1]
 	if len(rel)+len(shadowSuffix) > maxIdent {
-		return rebuildNames{}, engine.Permanent(fmt.Errorf("table name %q is too long to be rebuilt beside the live table: %q must fit in Postgres's %d bytes",
+		return rebuildNames{}, component.Permanent(fmt.Errorf("table name %q is too long to be rebuilt beside the live table: %q must fit in Postgres's %d bytes",
 			rel, rel+shadowSuffix, maxIdent))
 	}
 	if len(table) == 2 {
@@ -91,7 +90,7 @@ func resolveNames(ctx context.Context, q querier, table pgx.Identifier) (rebuild
 		return rebuildNames{}, err
 	}
 	if nsp == nil {
-		return rebuildNames{}, engine.Permanent(errors.New("no schema of the search_path exists: name the table's schema (schema.table)"))
+		return rebuildNames{}, component.Permanent(errors.New("no schema of the search_path exists: name the table's schema (schema.table)"))
 	}
 	return rebuildNames{schema: *nsp, rel: rel}, nil
 }
@@ -105,11 +104,11 @@ func (s *Sink) connect(ctx context.Context) (*pgx.Conn, error) {
 	return conn, nil
 }
 
-// RebuildTarget implements engine.Rebuildable: it creates the shadow table
+// RebuildTarget implements component.Rebuildable: it creates the shadow table
 // TABLE__reindex (adding missing columns when it exists; dropping it first
 // when fresh) and returns a sink writing into it, with the same write
 // semantics and checkpoint store, and the shadow table's oid as its id.
-func (s *Sink) RebuildTarget(ctx context.Context, fresh bool) (engine.Sink, string, error) {
+func (s *Sink) RebuildTarget(ctx context.Context, fresh bool) (component.Sink, string, error) {
 	if s.rebuildOf != nil {
 		return nil, "", errors.New("postgres: the sink of a rebuild cannot be rebuilt")
 	}
@@ -170,7 +169,7 @@ func (s *Sink) moveTo(d dest) {
 	s.allNew.Store(false)
 }
 
-// Promote implements engine.Rebuildable: it builds the live table's other
+// Promote implements component.Rebuildable: it builds the live table's other
 // indexes on the shadow table, then swaps the tables in one transaction.
 // The sinks this sink's RebuildTarget returned write into the live table
 // from then on.
@@ -267,7 +266,7 @@ func (s *Sink) swap(ctx context.Context, conn *pgx.Conn, names rebuildNames, kee
 		return false, err
 	}
 	if shadowOID == nil {
-		return false, engine.Permanent(fmt.Errorf("there is no rebuilt table %s to promote", s.tableName+shadowSuffix))
+		return false, component.Permanent(fmt.Errorf("there is no rebuilt table %s to promote", s.tableName+shadowSuffix))
 	}
 	if _, err := tx.Exec(ctx, "DROP TABLE IF EXISTS "+names.old().Sanitize()); err != nil {
 		return false, dropError(s.tableName+oldSuffix, err)
@@ -333,7 +332,7 @@ func dropError(table string, err error) error {
 		if pe.Detail != "" {
 			msg += " (" + pe.Detail + ")"
 		}
-		return engine.Permanent(fmt.Errorf("cannot drop table %s: %s; drop or change what depends on it (a view, a foreign key), or keep the old table", table, msg))
+		return component.Permanent(fmt.Errorf("cannot drop table %s: %s; drop or change what depends on it (a view, a foreign key), or keep the old table", table, msg))
 	}
 	return err
 }
@@ -399,7 +398,7 @@ func (s *Sink) copyIndexes(ctx context.Context, conn *pgx.Conn, names rebuildNam
 		return nil, err
 	}
 	if shadowOID == nil {
-		return nil, engine.Permanent(fmt.Errorf("there is no rebuilt table %s to promote", s.tableName+shadowSuffix))
+		return nil, component.Permanent(fmt.Errorf("there is no rebuilt table %s to promote", s.tableName+shadowSuffix))
 	}
 	if liveOID == nil {
 		return nil, nil

@@ -8,10 +8,9 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/dimagi/ptop/component"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-
-	"github.com/dimagi/ptop/engine"
 )
 
 // schema is what the sink knows of its table once checked: the columns'
@@ -72,7 +71,7 @@ func tableColumns(ctx context.Context, q querier, table pgx.Identifier) (map[str
 
 // ensureSchema checks the table (creating what is missing when the sink
 // may) and prepares the statements. Problems that a retry cannot fix are
-// engine.Permanent.
+// component.Permanent.
 func (s *Sink) ensureSchema(ctx context.Context, conn querier, d dest) (*schema, error) {
 	// The configured types must exist, whether the table does or not.
 	want := make(map[string]uint32, len(s.columns))
@@ -82,7 +81,7 @@ func (s *Sink) ensureSchema(ctx context.Context, conn querier, d dest) (*schema,
 		if err != nil {
 			var pe *pgconn.PgError
 			if errors.As(err, &pe) && (pe.Code == "42704" || pe.Code == "42601" || pe.Code == "22P02") {
-				return nil, engine.Permanent(fmt.Errorf("column %q: type %q does not exist in this database", c, s.cfg.Columns[c]))
+				return nil, component.Permanent(fmt.Errorf("column %q: type %q does not exist in this database", c, s.cfg.Columns[c]))
 			}
 			return nil, err
 		}
@@ -94,10 +93,10 @@ func (s *Sink) ensureSchema(ctx context.Context, conn querier, d dest) (*schema,
 	}
 	if cols == nil {
 		if d.shadow && !d.create {
-			return nil, engine.Permanent(fmt.Errorf("the rebuilt table %s is gone: it was promoted (by another sink than the one it was made by) or dropped", d.name))
+			return nil, component.Permanent(fmt.Errorf("the rebuilt table %s is gone: it was promoted (by another sink than the one it was made by) or dropped", d.name))
 		}
 		if !d.create {
-			return nil, engine.Permanent(fmt.Errorf("table %s does not exist: create it, or set create: true", d.name))
+			return nil, component.Permanent(fmt.Errorf("table %s does not exist: create it, or set create: true", d.name))
 		}
 		if err := s.createTable(ctx, conn, d); err != nil {
 			return nil, err
@@ -111,7 +110,7 @@ func (s *Sink) ensureSchema(ctx context.Context, conn querier, d dest) (*schema,
 		}
 	}
 	if _, ok := cols[s.cfg.Key]; !ok {
-		return nil, engine.Permanent(fmt.Errorf("table %s has no key column %q", d.name, s.cfg.Key))
+		return nil, component.Permanent(fmt.Errorf("table %s has no key column %q", d.name, s.cfg.Key))
 	}
 	var missing []string
 	for _, c := range s.managedColumns() {
@@ -142,7 +141,7 @@ func (s *Sink) ensureSchema(ctx context.Context, conn querier, d dest) (*schema,
 		if slices.Contains(missing, docIDColumn) {
 			fix += "; CREATE INDEX ON " + d.table.Sanitize() + " (" + pgx.Identifier{docIDColumn}.Sanitize() + ")"
 		}
-		return nil, engine.Permanent(fmt.Errorf("table %s has no column %s: add %s with %s, or set create: true",
+		return nil, component.Permanent(fmt.Errorf("table %s has no column %s: add %s with %s, or set create: true",
 			d.name, quoteList(missing), plural(len(missing), "it", "them"), fix))
 	}
 	var unique bool
@@ -154,7 +153,7 @@ func (s *Sink) ensureSchema(ctx context.Context, conn querier, d dest) (*schema,
 		return nil, err
 	}
 	if !unique {
-		return nil, engine.Permanent(fmt.Errorf("table %s has no primary key or unique index on its key column %q (upserts need one): ALTER TABLE %s ADD PRIMARY KEY (%s)",
+		return nil, component.Permanent(fmt.Errorf("table %s has no primary key or unique index on its key column %q (upserts need one): ALTER TABLE %s ADD PRIMARY KEY (%s)",
 			d.name, s.cfg.Key, d.table.Sanitize(), pgx.Identifier{s.cfg.Key}.Sanitize()))
 	}
 	for _, c := range s.columns {
@@ -258,7 +257,7 @@ func ddl(ctx context.Context, conn querier, table pgx.Identifier, stmts []string
 			if _, err := conn.Exec(ctx, st); err != nil {
 				var pe *pgconn.PgError
 				if errors.As(err, &pe) && (pe.Code == "42501" || pe.Code[:2] == "42") {
-					return engine.Permanent(fmt.Errorf("%s: %w", firstLine(st), err))
+					return component.Permanent(fmt.Errorf("%s: %w", firstLine(st), err))
 				}
 				return err
 			}

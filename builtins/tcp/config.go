@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/dimagi/ptop/engine"
+	"github.com/dimagi/ptop/component"
 	"github.com/dimagi/ptop/internal/tlsconf"
 )
 
@@ -20,9 +20,9 @@ type Config struct {
 	TLS *tlsconf.Config `yaml:"tls" doc:"Wrap the connection in TLS (even tls: {} does, with the system's roots)."`
 	// WriteTimeout bounds the sending of one batch: writing it and, on
 	// Linux, the peer's TCP acknowledging every byte of it. Default 10s.
-	WriteTimeout engine.Duration `yaml:"write_timeout" doc:"Longest time to send one batch, including (on Linux) the peer's TCP acknowledging every byte (default 10s)."`
+	WriteTimeout component.Duration `yaml:"write_timeout" doc:"Longest time to send one batch, including (on Linux) the peer's TCP acknowledging every byte (default 10s)."`
 	// DialTimeout bounds connecting, TLS handshake included. Default 5s.
-	DialTimeout engine.Duration `yaml:"dial_timeout" doc:"Longest time to connect, TLS handshake included (default 5s)."`
+	DialTimeout component.Duration `yaml:"dial_timeout" doc:"Longest time to connect, TLS handshake included (default 5s)."`
 }
 
 // Defaults of Config.
@@ -31,14 +31,14 @@ const (
 	DefaultDialTimeout  = 5 * time.Second
 )
 
-// SetDefaults implements engine.Defaulter.
+// SetDefaults implements component.Defaulter.
 func (c *Config) SetDefaults() {
-	c.WriteTimeout = engine.Duration(DefaultWriteTimeout)
-	c.DialTimeout = engine.Duration(DefaultDialTimeout)
+	c.WriteTimeout = component.Duration(DefaultWriteTimeout)
+	c.DialTimeout = component.Duration(DefaultDialTimeout)
 }
 
-// Validate implements engine.Validator.
-func (c *Config) Validate(ch *engine.Check) {
+// Validate implements component.Validator.
+func (c *Config) Validate(ch component.Check) {
 	if ch.Has("address") {
 		if msg := checkAddress(c.Address); msg != "" {
 			ch.Errorf("address", "%s", msg)

@@ -83,11 +83,10 @@ import (
 	json "github.com/goccy/go-json"
 
 	"github.com/dimagi/ptop/component"
-	"github.com/dimagi/ptop/engine"
 )
 
 func init() {
-	engine.RegisterSink("tcp", New)
+	component.RegisterSink("tcp", New)
 }
 
 // attempts is how many times Write tries to send a batch, reconnecting in
@@ -124,7 +123,7 @@ type deletion struct {
 var encodeOptions = []json.EncodeOptionFunc{json.UnorderedMap()}
 
 // New makes a tcp sink; it reads the TLS files but does not connect.
-func New(cfg *Config, bc engine.BuildContext) (engine.Sink, error) {
+func New(cfg *Config, bc component.BuildContext) (component.Sink, error) {
 	log := bc.Log
 	if log == nil {
 		log = slog.Default().With("pillow", bc.Pillow)
@@ -146,7 +145,7 @@ func New(cfg *Config, bc engine.BuildContext) (engine.Sink, error) {
 	return s, nil
 }
 
-// Open implements engine.Sink: it connects. A server certificate that
+// Open implements component.Sink: it connects. A server certificate that
 // does not verify is a permanent error; anything else is retried.
 func (s *Sink) Open(ctx context.Context) error {
 	s.mu.Lock()
@@ -158,7 +157,7 @@ func (s *Sink) Open(ctx context.Context) error {
 	if err != nil {
 		var cve *tls.CertificateVerificationError
 		if errors.As(err, &cve) {
-			return engine.Permanent(err)
+			return component.Permanent(err)
 		}
 		return err
 	}
@@ -166,10 +165,10 @@ func (s *Sink) Open(ctx context.Context) error {
 	return nil
 }
 
-// Write implements engine.Sink: it encodes the batch, sends it (on a new
+// Write implements component.Sink: it encodes the batch, sends it (on a new
 // connection if need be, resending it whole after a broken connection) and
 // returns once the peer has it, as the package documentation says.
-func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
+func (s *Sink) Write(ctx context.Context, records []component.Record) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	errs := s.encode(records)
@@ -191,9 +190,9 @@ func (s *Sink) Write(ctx context.Context, records []engine.Record) error {
 
 // encode writes the batch's lines into s.buf and returns the records that
 // could not be encoded.
-func (s *Sink) encode(records []engine.Record) engine.RecordErrors {
+func (s *Sink) encode(records []component.Record) component.RecordErrors {
 	s.buf.Reset()
-	var errs engine.RecordErrors
+	var errs component.RecordErrors
 	for i := range records {
 		r := &records[i]
 		mark := s.buf.Len()
@@ -206,7 +205,7 @@ func (s *Sink) encode(records []engine.Record) engine.RecordErrors {
 		}
 		if err != nil {
 			s.buf.Truncate(mark)
-			errs = append(errs, engine.RecordError{Index: i, Err: fmt.Errorf("encoding the record as JSON: %w", err)})
+			errs = append(errs, component.RecordError{Index: i, Err: fmt.Errorf("encoding the record as JSON: %w", err)})
 		}
 	}
 	return errs
@@ -265,7 +264,7 @@ func (s *Sink) dropBroken(err error) {
 	s.conn = nil
 }
 
-// Close implements engine.Sink: it closes the connection.
+// Close implements component.Sink: it closes the connection.
 func (s *Sink) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -277,4 +276,4 @@ func (s *Sink) Close() error {
 	return err
 }
 
-var _ engine.Sink = (*Sink)(nil)
+var _ component.Sink = (*Sink)(nil)
