@@ -282,7 +282,7 @@ func readTransformFile(file string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
@@ -349,7 +349,7 @@ func parseYAML(path string, data []byte, what string) (*yaml.Node, error) {
 		msg := err.Error()
 		pos := Pos{File: path}
 		if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-			fmt.Sscan(m[1], &pos.Line)
+			_, _ = fmt.Sscan(m[1], &pos.Line)
 			pos.Col = 1
 			msg = m[2]
 			pos.Line, pos.Col = yamlErrorPos(data, pos.Line, msg)
@@ -560,8 +560,10 @@ func parse(path string, data []byte, po parseOptions) (*Spec, error) {
 		s.Hash = hex.EncodeToString(h.Sum(nil))
 		return s, errs.Err()
 	}
-	bc := BuildContext{Pillow: s.Name, File: path, Dir: dir, Log: slog.Default().With("pillow", s.Name),
-		AddToHash: func(data []byte) { h.Write(data) }}
+	bc := BuildContext{
+		Pillow: s.Name, File: path, Dir: dir, Log: slog.Default().With("pillow", s.Name),
+		AddToHash: func(data []byte) { h.Write(data) },
+	}
 	defer func() { s.Hash = hex.EncodeToString(h.Sum(nil)) }()
 	if !s.Source.unset {
 		src2, err := sources[s.Source.Type].Build(s.Source.Config, bc)

@@ -225,7 +225,7 @@ func unquote(k []byte) string {
 		return string(k[1 : len(k)-1])
 	}
 	var s string
-	json.Unmarshal(k, &s)
+	_ = json.Unmarshal(k, &s)
 	return s
 }
 

@@ -75,16 +75,24 @@ func TestProcess(t *testing.T) {
 		filtered bool
 		err      string
 	}{
-		{name: "one record, id from the document", change: raw(`{"_id":"a","name":"x","n":3}`),
-			want: []rec{{ID: "a", DocID: "a", Doc: `{"name":"x","seq":"7","n":3}`}}}, // the transform's key order
+		{
+			name: "one record, id from the document", change: raw(`{"_id":"a","name":"x","n":3}`),
+			want: []rec{{ID: "a", DocID: "a", Doc: `{"name":"x","seq":"7","n":3}`}},
+		}, // the transform's key order
 		{name: "filtered", change: raw(`{"_id":"a","type":"skip"}`), filtered: true},
 		{name: "null makes no record", change: raw(`{"_id":"a","type":"none"}`)},
-		{name: "several records", change: raw(`{"_id":"a","type":"many"}`),
-			want: []rec{{ID: "a:1", DocID: "a", Doc: `{"_id":"a:1","n":1}`}, {ID: "a:2", DocID: "a", Doc: `{"_id":"a:2","n":2}`}}},
-		{name: "a numeric _id", change: raw(`{"_id":"a","type":"num","n":1.5}`),
-			want: []rec{{ID: "42", DocID: "a", Doc: `{"_id":42,"n":1.5}`}}},
-		{name: "deletion", change: engine.Change{ID: "a", Rev: "2-b", Deleted: true},
-			want: []rec{{ID: "a", DocID: "a", Delete: true, Doc: "null"}}},
+		{
+			name: "several records", change: raw(`{"_id":"a","type":"many"}`),
+			want: []rec{{ID: "a:1", DocID: "a", Doc: `{"_id":"a:1","n":1}`}, {ID: "a:2", DocID: "a", Doc: `{"_id":"a:2","n":2}`}},
+		},
+		{
+			name: "a numeric _id", change: raw(`{"_id":"a","type":"num","n":1.5}`),
+			want: []rec{{ID: "42", DocID: "a", Doc: `{"_id":42,"n":1.5}`}},
+		},
+		{
+			name: "deletion", change: engine.Change{ID: "a", Rev: "2-b", Deleted: true},
+			want: []rec{{ID: "a", DocID: "a", Delete: true, Doc: "null"}},
+		},
 		{name: "design document", change: raw(`{"_id":"_design/x"}`), filtered: true},
 		{name: "transform throws", change: raw(`{"_id":"a","type":"boom"}`), err: "transform: TypeError: Cannot read property 'field' of undefined"},
 		{name: "too large", change: raw(`{"_id":"a","name":"` + strings.Repeat("x", 200) + `"}`), err: "more than max_doc_bytes (200)"},

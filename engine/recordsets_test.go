@@ -57,10 +57,12 @@ func (s *stateSink) ids() []string {
 
 // households makes one record per parent link of an open case, like
 // pipelines/households.yaml.
-const householdsFilter = `!doc.closed`
-const householdsTransform = `function transform(doc) {
+const (
+	householdsFilter    = `!doc.closed`
+	householdsTransform = `function transform(doc) {
   return (doc.parents || []).map(p => ({ _id: doc._id + ":" + p, parent: p }));
 }`
+)
 
 func kase(id, rev string, closed bool, parents ...any) Change {
 	c := doc(id, "closed", closed, "parents", parents)
@@ -222,7 +224,7 @@ type docSetSink struct {
 
 func (s *docSetSink) WriteDocSets(ctx context.Context, rs []Record, sets []DocSet, _, _ string, _ func(RecordErrors) error) error {
 	s.calls++
-	if err := s.stateSink.Write(ctx, rs); err != nil {
+	if err := s.Write(ctx, rs); err != nil {
 		return err
 	}
 	s.mu.Lock()

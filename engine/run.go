@@ -263,7 +263,7 @@ func (p *Pillow) Run(ctx context.Context) error {
 	defer p.closeSinks()
 	// A checkpoint store of its own (not the source) holds connections.
 	if c, ok := p.cps.(io.Closer); ok && any(p.cps) != any(s.source) {
-		defer c.Close()
+		defer func() { _ = c.Close() }()
 	}
 	p.log.Info("pillow started", "since", since, "sinks", len(s.outputs))
 

@@ -53,8 +53,10 @@ func Schema() map[string]any {
 	if sinks, ok := props["sinks"].(map[string]any); ok {
 		sinks["minItems"] = 1
 	}
-	root["not"] = map[string]any{"required": []any{"transform", "transform_file"},
-		"description": "set either transform or transform_file, not both"}
+	root["not"] = map[string]any{
+		"required":    []any{"transform", "transform_file"},
+		"description": "set either transform or transform_file, not both",
+	}
 	root["definitions"] = g.defs
 	return root
 }

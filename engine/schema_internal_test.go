@@ -75,8 +75,19 @@ func TestSchemaDurationPatterns(t *testing.T) {
 		s  string
 		ok bool
 	}{
-		{"10s", true}, {"1m30s", true}, {"500ms", true}, {"1.5h", true}, {"-1s", true}, {"0", true}, {"2", true}, {"1.5", true}, {"1e3", true},
-		{"10 seconds", false}, {"s", false}, {"1d", false}, {"", false},
+		{"10s", true},
+		{"1m30s", true},
+		{"500ms", true},
+		{"1.5h", true},
+		{"-1s", true},
+		{"0", true},
+		{"2", true},
+		{"1.5", true},
+		{"1e3", true},
+		{"10 seconds", false},
+		{"s", false},
+		{"1d", false},
+		{"", false},
 	} {
 		_, perr := time.ParseDuration(tc.s)
 		if got := durationRE.MatchString(tc.s); got != tc.ok {

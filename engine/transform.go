@@ -332,7 +332,7 @@ type changeInfo struct {
 // doc presents c.Doc with its keys in the order of raw, the document's JSON
 // text (sorted when raw is nil).
 func (r *jsRunner) run(c *Change, raw []byte, out []Record) ([]Record, error) {
-	var doc goja.Value = goja.Null()
+	doc := goja.Value(goja.Null())
 	if c.Doc != nil {
 		doc = newDocObject(r.vm, c.Doc, func() []byte { return raw })
 	}
@@ -387,22 +387,4 @@ func (r *jsRunner) appendRecord(out []Record, c *Change, o *goja.Object, where s
 		return out, fmt.Errorf("transform: %s_id is empty", where)
 	}
 	return append(out, rec), nil
-}
-
-func jsTypeName(v any) string {
-	switch v.(type) {
-	case string:
-		return "a string"
-	case int64, float64:
-		return "a number"
-	case bool:
-		return "a boolean"
-	case []any:
-		return "an array"
-	case map[string]any:
-		return "an object"
-	case nil:
-		return "null"
-	}
-	return fmt.Sprintf("a %T", v)
 }

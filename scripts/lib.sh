@@ -123,6 +123,20 @@ pg_bindir() {
 	return 1
 }
 
+# ensure_golangci_lint: the pinned golangci-lint (see .golangci.yml), built with
+# go install into .cache/bin when missing or of another version; sets GOLANGCI_LINT.
+GOLANGCI_LINT_VERSION=v2.15.0
+ensure_golangci_lint() {
+	GOLANGCI_LINT=$PTOP_CACHE/bin/golangci-lint
+	if [[ -x $GOLANGCI_LINT ]] && "$GOLANGCI_LINT" version 2>/dev/null | grep -q "version ${GOLANGCI_LINT_VERSION#v} "; then
+		return 0
+	fi
+	log "installing golangci-lint $GOLANGCI_LINT_VERSION (go install)"
+	mkdir -p "$PTOP_CACHE/bin"
+	GOBIN=$PTOP_CACHE/bin go install "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$GOLANGCI_LINT_VERSION" ||
+		die "could not install golangci-lint $GOLANGCI_LINT_VERSION"
+}
+
 # ensure_chromium: install Debian's chromium when /usr/bin/chromium is missing; the
 # status page's test (cmd/ptop, through chromedp) drives it and fails with a hint
 # without it.

@@ -11,7 +11,7 @@
 #      (apt-get install postgresql-15) if initdb is missing; the search servers
 #      and Apache Kafka from Maven Central (mvn) if missing; chromium (apt-get
 #      install chromium, for the status page's browser test) if missing
-#   2. go vet ./...
+#   2. go vet ./... and golangci-lint run ./... (.golangci.yml)
 #   3. go test -count=1 ./...   (integration tests start their own servers
 #                                through internal/testenv)
 #   4. a short fuzz run of each target in scripts/fuzz-targets.txt
@@ -54,6 +54,7 @@ ensure_chromium # Debian's chromium, for the status page's test, if missing
 # shellcheck disable=SC2119 # no names: every pinned server
 ensure_opensearch # OpenSearch and Elasticsearch integ-test-zips from Maven Central
 ensure_kafka      # Apache Kafka's jars from Maven Central
+ensure_golangci_lint # the pinned linter, with go install
 log "postgres: $("$PG_BINDIR/postgres" --version)"
 if [[ ${1:-} == prepare ]]; then
 	step="done"
@@ -62,6 +63,9 @@ fi
 
 section "go vet ./..."
 go vet ./...
+
+section "golangci-lint run ./... (.golangci.yml)"
+"$GOLANGCI_LINT" run ./...
 
 section "go test -count=1 ./..."
 # shellcheck disable=SC2086 # GOTESTFLAGS is a list of flags

@@ -59,18 +59,28 @@ func TestConfigErrors(t *testing.T) {
 		{"since -1", "url: http://h:5984\ndb: x\nsince: -1", []string{`6:12: invalid since "-1": ` + since}},
 		{"since dash only", "url: http://h:5984\ndb: x\nsince: \"12-\"", []string{`6:12: invalid since "12-": ` + since}},
 		{"since empty", "url: http://h:5984\ndb: x\nsince: \"\"", []string{`6:12: invalid since "": ` + since}},
-		{"selector and filter", "url: http://h:5984\ndb: x\nselector: {type: a}\nfilter: app/by_type",
-			[]string{`7:13: set either selector or filter, not both`}},
-		{"filter without slash", "url: http://h:5984\ndb: x\nfilter: by_type",
-			[]string{`6:13: invalid filter "by_type": use "ddoc/name", the design document (without _design/) and the filter's name`}},
-		{"filter with two slashes", "url: http://h:5984\ndb: x\nfilter: _design/app/by_type",
-			[]string{`6:13: invalid filter "_design/app/by_type": use "ddoc/name", the design document (without _design/) and the filter's name`}},
-		{"params without filter", "url: http://h:5984\ndb: x\nparams: {type: a}",
-			[]string{`6:13: params are the query parameters of a filter; set filter too`}},
+		{
+			"selector and filter", "url: http://h:5984\ndb: x\nselector: {type: a}\nfilter: app/by_type",
+			[]string{`7:13: set either selector or filter, not both`},
+		},
+		{
+			"filter without slash", "url: http://h:5984\ndb: x\nfilter: by_type",
+			[]string{`6:13: invalid filter "by_type": use "ddoc/name", the design document (without _design/) and the filter's name`},
+		},
+		{
+			"filter with two slashes", "url: http://h:5984\ndb: x\nfilter: _design/app/by_type",
+			[]string{`6:13: invalid filter "_design/app/by_type": use "ddoc/name", the design document (without _design/) and the filter's name`},
+		},
+		{
+			"params without filter", "url: http://h:5984\ndb: x\nparams: {type: a}",
+			[]string{`6:13: params are the query parameters of a filter; set filter too`},
+		},
 		{"zero heartbeat", "url: http://h:5984\ndb: x\nheartbeat: 0s", []string{`6:16: heartbeat must be positive, got 0s`}},
 		{"negative heartbeat", "url: http://h:5984\ndb: x\nheartbeat: -5s", []string{`6:16: heartbeat must be positive, got -5s`}},
-		{"bad heartbeat", "url: http://h:5984\ndb: x\nheartbeat: soon",
-			[]string{`6:16: invalid duration "soon": use a number with a unit, such as "500ms" or "10s"`}},
+		{
+			"bad heartbeat", "url: http://h:5984\ndb: x\nheartbeat: soon",
+			[]string{`6:16: invalid duration "soon": use a number with a unit, such as "500ms" or "10s"`},
+		},
 		{"url scheme", "url: ftp://me:s3cret@h\ndb: x", []string{`4:10: invalid url "ftp://me:xxxxx@h": use http:// or https://`}},
 		{"url no host", "url: \"http:///x\"\ndb: x", []string{`4:10: invalid url "http:///x": no host`}},
 		{"url unparsable", "url: \"http://h:prt\"\ndb: x", []string{`4:10: invalid url: the port is not a number`}},
@@ -80,14 +90,22 @@ func TestConfigErrors(t *testing.T) {
 		{"errors_db starting with _", "url: http://h:5984\ndb: x\nerrors_db: _users", []string{`6:16: invalid errors_db "_users": ` + dbName}},
 		{"errors_db starting with a digit", "url: http://h:5984\ndb: x\nerrors_db: \"1x\"", []string{`6:16: invalid errors_db "1x": ` + dbName}},
 		{"errors_db empty", "url: http://h:5984\ndb: x\nerrors_db: \"\"", []string{`6:16: invalid errors_db "": must not be empty`}},
-		{"errors_db too long", "url: http://h:5984\ndb: x\nerrors_db: " + strings.Repeat("e", 239),
-			[]string{`6:16: invalid errors_db "` + strings.Repeat("e", 239) + `": longer than 238 characters`}},
-		{"errors_db is db", "url: http://h:5984\ndb: cases\nerrors_db: cases",
-			[]string{`6:16: errors_db must not be the source's database: its entries would show up in the changes feed`}},
-		{"records_db is db", "url: http://h:5984\ndb: cases\nrecords_db: cases",
-			[]string{`6:17: records_db must not be the source's database: its entries would show up in the changes feed`}},
-		{"records_db is errors_db", "url: http://h:5984\ndb: cases\nrecords_db: ptop_errors",
-			[]string{`6:17: records_db must not be errors_db`}},
+		{
+			"errors_db too long", "url: http://h:5984\ndb: x\nerrors_db: " + strings.Repeat("e", 239),
+			[]string{`6:16: invalid errors_db "` + strings.Repeat("e", 239) + `": longer than 238 characters`},
+		},
+		{
+			"errors_db is db", "url: http://h:5984\ndb: cases\nerrors_db: cases",
+			[]string{`6:16: errors_db must not be the source's database: its entries would show up in the changes feed`},
+		},
+		{
+			"records_db is db", "url: http://h:5984\ndb: cases\nrecords_db: cases",
+			[]string{`6:17: records_db must not be the source's database: its entries would show up in the changes feed`},
+		},
+		{
+			"records_db is errors_db", "url: http://h:5984\ndb: cases\nrecords_db: ptop_errors",
+			[]string{`6:17: records_db must not be errors_db`},
+		},
 		{"records_db uppercase", "url: http://h:5984\ndb: x\nrecords_db: Recs", []string{`6:17: invalid records_db "Recs": ` + dbName}},
 		{"unknown key", "url: http://h:5984\ndb: x\nheartbeats: 1s", []string{`6:5: unknown key "heartbeats" (did you mean "heartbeat"?)`}},
 		{"several", "db: x\nsince: later\nheartbeat: 0s", []string{
@@ -123,13 +141,17 @@ func TestConfigValid(t *testing.T) {
 		want      Config
 	}{
 		{"defaults", "url: http://h:5984\ndb: x", Config{
-			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors", RecordsDB: "ptop_records"}},
+			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors", RecordsDB: "ptop_records",
+		}},
 		{"since 0 as a number", "url: http://h:5984\ndb: x\nsince: 0", Config{
-			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors", RecordsDB: "ptop_records"}},
+			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors", RecordsDB: "ptop_records",
+		}},
 		{"since integer", "url: http://h:5984\ndb: x\nsince: 42", Config{
-			URL: "http://h:5984", DB: "x", Since: "42", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors", RecordsDB: "ptop_records"}},
+			URL: "http://h:5984", DB: "x", Since: "42", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors", RecordsDB: "ptop_records",
+		}},
 		{"since string seq", "url: http://h:5984\ndb: x\nsince: 12-g1AAAAB5eJzL", Config{
-			URL: "http://h:5984", DB: "x", Since: "12-g1AAAAB5eJzL", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors", RecordsDB: "ptop_records"}},
+			URL: "http://h:5984", DB: "x", Since: "12-g1AAAAB5eJzL", Heartbeat: engine.Duration(10 * time.Second), ErrorsDB: "ptop_errors", RecordsDB: "ptop_records",
+		}},
 		{"everything", `url: https://u:p@h/couch
 db: x
 since: now
@@ -138,13 +160,16 @@ heartbeat: 500ms
 checkpoint_id: mine`, Config{
 			URL: "https://u:p@h/couch", DB: "x", Since: "now",
 			Selector:  map[string]any{"type": "a", "n": map[string]any{"$gt": 2}, "tags": []any{"x", "y"}},
-			Heartbeat: engine.Duration(500 * time.Millisecond), CheckpointID: "mine", ErrorsDB: "ptop_errors", RecordsDB: "ptop_records"}},
+			Heartbeat: engine.Duration(500 * time.Millisecond), CheckpointID: "mine", ErrorsDB: "ptop_errors", RecordsDB: "ptop_records",
+		}},
 		{"filter", "url: http://h:5984\ndb: x\nfilter: app/by_type\nparams: {type: 3}", Config{
 			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second),
-			Filter: "app/by_type", Params: map[string]string{"type": "3"}, ErrorsDB: "ptop_errors", RecordsDB: "ptop_records"}},
+			Filter: "app/by_type", Params: map[string]string{"type": "3"}, ErrorsDB: "ptop_errors", RecordsDB: "ptop_records",
+		}},
 		{"errors_db", "url: http://h:5984\ndb: x\nerrors_db: pillows/errors_2+(a)-$", Config{
 			URL: "http://h:5984", DB: "x", Since: "0", Heartbeat: engine.Duration(10 * time.Second),
-			ErrorsDB: "pillows/errors_2+(a)-$", RecordsDB: "ptop_records"}},
+			ErrorsDB: "pillows/errors_2+(a)-$", RecordsDB: "ptop_records",
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -195,12 +220,18 @@ func TestParseLine(t *testing.T) {
 		err     string
 		rowErr  string
 	}{
-		{line: `{"seq":12,"id":"a","changes":[{"rev":"1-x"}],"doc":{"_id":"a","n":[1,2]}}`,
-			want: engine.Change{Seq: "12", ID: "a", Rev: "1-x", RawDoc: []byte(`{"_id":"a","n":[1,2]}`)}},
-		{line: `{"seq":"3-g1AAAA\"q","id":"b","changes":[{"rev":"2-y"}],"deleted":true,"doc":{"_id":"b","_deleted":true}}`,
-			want: engine.Change{Seq: `3-g1AAAA"q`, ID: "b", Rev: "2-y", Deleted: true, RawDoc: []byte(`{"_id":"b","_deleted":true}`)}},
-		{line: `{"seq":"4-x","id":"c","changes":[{"rev":"1-z"}]}`,
-			want: engine.Change{Seq: "4-x", ID: "c", Rev: "1-z"}},
+		{
+			line: `{"seq":12,"id":"a","changes":[{"rev":"1-x"}],"doc":{"_id":"a","n":[1,2]}}`,
+			want: engine.Change{Seq: "12", ID: "a", Rev: "1-x", RawDoc: []byte(`{"_id":"a","n":[1,2]}`)},
+		},
+		{
+			line: `{"seq":"3-g1AAAA\"q","id":"b","changes":[{"rev":"2-y"}],"deleted":true,"doc":{"_id":"b","_deleted":true}}`,
+			want: engine.Change{Seq: `3-g1AAAA"q`, ID: "b", Rev: "2-y", Deleted: true, RawDoc: []byte(`{"_id":"b","_deleted":true}`)},
+		},
+		{
+			line: `{"seq":"4-x","id":"c","changes":[{"rev":"1-z"}]}`,
+			want: engine.Change{Seq: "4-x", ID: "c", Rev: "1-z"},
+		},
 		{line: `{"last_seq":"9-abc","pending":0}`, lastSeq: "9-abc"},
 		{line: `{"last_seq":9}`, lastSeq: "9"},
 		{line: `{"error":"not_found","reason":"deleted"}`, err: `server error "not_found": "deleted"`},

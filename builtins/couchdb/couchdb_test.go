@@ -93,8 +93,10 @@ func TestFeedSelector(t *testing.T) {
 	couch := testenv.StartCouch(t, testenv.CouchOptions{})
 	couch.CreateDB(t, "db")
 	putTyped(t, couch, "db", map[string]string{"a1": "a", "b1": "b", "a2": "a", "c1": "c"})
-	src := newTestSource(t, Config{URL: couch.URL, DB: "db",
-		Selector: map[string]any{"type": map[string]any{"$in": []any{"a", "c"}}}})
+	src := newTestSource(t, Config{
+		URL: couch.URL, DB: "db",
+		Selector: map[string]any{"type": map[string]any{"$in": []any{"a", "c"}}},
+	})
 	r := startRun(t, src, "")
 	for _, want := range []string{"a1", "a2", "c1"} {
 		if c := r.next(t); c.ID != want || doc(t, c)["type"] == "b" {

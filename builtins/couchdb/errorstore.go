@@ -508,7 +508,7 @@ func (s *Source) call(ctx context.Context, method, path string, query url.Values
 	if err != nil {
 		return err
 	}
-	defer res.Body.Close()
+	defer func() { _ = res.Body.Close() }()
 	if err := chttp.ResponseError(res); err != nil {
 		return err
 	}

@@ -146,8 +146,10 @@ func rowLine(seq any, id string) string {
 
 func TestFakeRequest(t *testing.T) {
 	f := newFake(t, func(n int, w http.ResponseWriter, r *http.Request) { hang(r) })
-	src := newTestSource(t, Config{URL: f.url("admin:pa%2Fss"), DB: "db", Heartbeat: engine.Duration(2 * time.Second),
-		Selector: map[string]any{"type": "a", "n": map[string]any{"$gt": 1}}})
+	src := newTestSource(t, Config{
+		URL: f.url("admin:pa%2Fss"), DB: "db", Heartbeat: engine.Duration(2 * time.Second),
+		Selector: map[string]any{"type": "a", "n": map[string]any{"$gt": 1}},
+	})
 	f.updateSeq = "9-g1AAA"
 	startRun(t, src, "7-g1AAA")
 	req := f.waitFeed(0)
@@ -495,8 +497,10 @@ func TestFakeFilteredFeedPosition(t *testing.T) {
 		writeLines(w, rowLine("3-g1AAAA", "a1"), "")
 		hang(r)
 	})
-	src := newTestSource(t, Config{URL: f.url(""), DB: "db", Heartbeat: engine.Duration(time.Hour),
-		Selector: map[string]any{"type": "a"}})
+	src := newTestSource(t, Config{
+		URL: f.url(""), DB: "db", Heartbeat: engine.Duration(time.Hour),
+		Selector: map[string]any{"type": "a"},
+	})
 	r := startRun(t, src, "")
 	if c := r.next(t); c.ID != "a1" || c.Seq != "3-g1AAAA" {
 		t.Fatalf("first change %+v", c)
@@ -520,8 +524,10 @@ func TestFakeFilteredFeedPosition(t *testing.T) {
 		writeLines(w, rowLine("3-g1AAAA", "a1"), "", "", rowLine("10-g1AAAC", "a2"))
 		hang(r)
 	})
-	src2 := newTestSource(t, Config{URL: g.url(""), DB: "db", Heartbeat: engine.Duration(time.Hour),
-		Selector: map[string]any{"type": "a"}})
+	src2 := newTestSource(t, Config{
+		URL: g.url(""), DB: "db", Heartbeat: engine.Duration(time.Hour),
+		Selector: map[string]any{"type": "a"},
+	})
 	r2 := startRun(t, src2, "")
 	for _, want := range []string{"a1", "a2"} {
 		if c := r2.next(t); c.ID != want {

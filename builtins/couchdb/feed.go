@@ -116,7 +116,7 @@ func (f *follower) follow(ctx context.Context) (connected bool, err error) {
 	if err != nil {
 		return false, w.explain(s.errorf("opening the changes feed: %w", err))
 	}
-	defer res.Body.Close()
+	defer func() { _ = res.Body.Close() }()
 	if err := chttp.ResponseError(res); err != nil {
 		if kivik.HTTPStatus(err) == http.StatusNotFound && s.cfg.Filter != "" {
 			// The database was just found: what is missing is the filter.

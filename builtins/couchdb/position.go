@@ -60,7 +60,7 @@ func (s *Source) filteredTo(ctx context.Context, since string) (string, error) {
 	if err != nil {
 		return "", s.errorf("reading the feed's position: %w", err)
 	}
-	defer res.Body.Close()
+	defer func() { _ = res.Body.Close() }()
 	if err := chttp.ResponseError(res); err != nil {
 		return "", s.errorf("reading the feed's position: %w", err)
 	}

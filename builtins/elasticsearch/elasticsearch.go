@@ -413,7 +413,7 @@ func (s *Sink) do(ctx context.Context, method, path string, body []byte) (int, [
 	if err != nil {
 		return 0, nil, s.netError(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
 		return 0, nil, fmt.Errorf("%s %s: reading the response: %w", method, s.redacted+path, err)
@@ -695,7 +695,7 @@ func (s *Sink) bulk(ctx context.Context, part []span) ([]bulkItem, error) {
 	if err != nil {
 		return nil, s.netError(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	s.in.Reset()
 	if _, err := s.in.ReadFrom(resp.Body); err != nil {
 		return nil, fmt.Errorf("_bulk at %s: reading the response: %w", s.redacted, err)

@@ -299,8 +299,10 @@ sinks:
 	waitRev(rev3)
 
 	hash1 := strings.SplitN(rev1, "-", 2)[1]
-	branch := map[string]any{"_id": "c1", "_rev": "2-ffffffffffffffffffffffffffffffff", "v": "branch",
-		"_revisions": map[string]any{"start": 2, "ids": []string{"ffffffffffffffffffffffffffffffff", hash1}}}
+	branch := map[string]any{
+		"_id": "c1", "_rev": "2-ffffffffffffffffffffffffffffffff", "v": "branch",
+		"_revisions": map[string]any{"start": 2, "ids": []string{"ffffffffffffffffffffffffffffffff", hash1}},
+	}
 	status, body := couch.Do(t, http.MethodPost, "/"+db+"/_bulk_docs", map[string]any{"docs": []any{branch}, "new_edits": false})
 	if status != http.StatusCreated {
 		t.Fatalf("_bulk_docs new_edits:false: HTTP %d: %s", status, body)
@@ -359,12 +361,14 @@ sinks:
 		}
 		ctx, cancel := context.WithCancel(testCtx(t))
 		defer cancel()
-		err = engine.Reindex(ctx, spec, engine.ReindexOptions{Log: testLogger(t), Every: 10 * time.Millisecond,
+		err = engine.Reindex(ctx, spec, engine.ReindexOptions{
+			Log: testLogger(t), Every: 10 * time.Millisecond,
 			Progress: func(p engine.ReindexProgress) {
 				if interrupt && p.Phase == "rebuild" && p.Done > 0 {
 					cancel()
 				}
-			}})
+			},
+		})
 		target := spec.Outputs()[0].Sink.(*Sink).rebuilt
 		if interrupt {
 			srv.Refresh(t, target)

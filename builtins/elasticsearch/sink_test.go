@@ -177,8 +177,10 @@ func TestManagedIndex(t *testing.T) {
 	forEachDist(t, func(t *testing.T, srv *testenv.OpenSearch) {
 		dir := t.TempDir()
 		alias := uniqueIndex(t)
-		cfg := Config{URL: srv.URL, Index: alias, MappingFile: writeFile(t, dir, "m.json", strictMapping),
-			Settings: map[string]any{"number_of_shards": 1, "number_of_replicas": 0}}
+		cfg := Config{
+			URL: srv.URL, Index: alias, MappingFile: writeFile(t, dir, "m.json", strictMapping),
+			Settings: map[string]any{"number_of_shards": 1, "number_of_replicas": 0},
+		}
 		s := openTestSink(t, cfg, dir)
 		physical := s.Index()
 		if !strings.HasPrefix(physical, alias+"-") || len(physical) != len(alias)+9 {
@@ -317,8 +319,10 @@ func TestIndexDeletedWhileRunning(t *testing.T) {
 	forEachDist(t, func(t *testing.T, srv *testenv.OpenSearch) {
 		dir := t.TempDir()
 		alias := uniqueIndex(t)
-		cfg := Config{URL: srv.URL, Index: alias, MappingFile: writeFile(t, dir, "m.json", strictMapping),
-			Settings: map[string]any{"number_of_shards": 1, "number_of_replicas": 0}}
+		cfg := Config{
+			URL: srv.URL, Index: alias, MappingFile: writeFile(t, dir, "m.json", strictMapping),
+			Settings: map[string]any{"number_of_shards": 1, "number_of_replicas": 0},
+		}
 		s := openTestSink(t, cfg, dir)
 		physical := s.Index()
 		mustWrite(t, s, idx("a", "1-a", map[string]any{"name": "a"}))
@@ -349,8 +353,10 @@ func TestAliasWithoutWriteIndex(t *testing.T) {
 	forEachDist(t, func(t *testing.T, srv *testenv.OpenSearch) {
 		dir := t.TempDir()
 		alias := uniqueIndex(t)
-		cfg := Config{URL: srv.URL, Index: alias, MappingFile: writeFile(t, dir, "m.json", strictMapping),
-			Settings: map[string]any{"number_of_shards": 1, "number_of_replicas": 0}}
+		cfg := Config{
+			URL: srv.URL, Index: alias, MappingFile: writeFile(t, dir, "m.json", strictMapping),
+			Settings: map[string]any{"number_of_shards": 1, "number_of_replicas": 0},
+		}
 		s := openTestSink(t, cfg, dir)
 		other := uniqueIndex(t)
 		if status, body := srv.Do(t, http.MethodPut, "/"+other, nil); status != http.StatusOK {

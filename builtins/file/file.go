@@ -74,7 +74,7 @@ func (s *Source) Run(ctx context.Context, since string, out chan<- component.Cha
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	if since == "0" {
 		since = "" // the start of the feed
 	}
@@ -186,7 +186,7 @@ func (s *Sink) Open(context.Context) error {
 			return component.Permanent(err)
 		}
 		if err := endPartialLine(f); err != nil {
-			f.Close()
+			_ = f.Close()
 			return fmt.Errorf("%s: %w", s.cfg.Path, err)
 		}
 		s.f = f

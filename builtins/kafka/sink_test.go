@@ -236,15 +236,19 @@ func TestSASL(t *testing.T) {
 	for _, m := range []string{"plain", "scram-sha-256", "scram-sha-512"} {
 		t.Run(m, func(t *testing.T) {
 			topic := topicName(t)
-			s := newSink(t, k.SASLBrokers, Config{Topic: topic, Partitions: 1,
-				SASL: &SASL{Mechanism: m, Username: testenv.KafkaUser, Password: testenv.KafkaPassword}})
+			s := newSink(t, k.SASLBrokers, Config{
+				Topic: topic, Partitions: 1,
+				SASL: &SASL{Mechanism: m, Username: testenv.KafkaUser, Password: testenv.KafkaPassword},
+			})
 			write(t, s, rec("a", map[string]any{"m": m}))
 			if got := consume(t, k, topic, 1); string(got[0].Value) != `{"m":"`+m+`"}` {
 				t.Errorf("got %s", got[0].Value)
 			}
 
-			cfg := Config{Brokers: k.SASLBrokers, Topic: topic, Format: FormatRecord, Partitions: 1, WriteTimeout: component.Duration(time.Minute),
-				SASL: &SASL{Mechanism: m, Username: testenv.KafkaUser, Password: "wrong"}}
+			cfg := Config{
+				Brokers: k.SASLBrokers, Topic: topic, Format: FormatRecord, Partitions: 1, WriteTimeout: component.Duration(time.Minute),
+				SASL: &SASL{Mechanism: m, Username: testenv.KafkaUser, Password: "wrong"},
+			}
 			bad, err := New(&cfg, component.BuildContext{Log: testLogger(t)})
 			if err != nil {
 				t.Fatal(err)
@@ -268,8 +272,10 @@ func TestTLS(t *testing.T) {
 		t.Errorf("got %s", got[0].Value)
 	}
 
-	cfg := Config{Brokers: k.TLSBrokers, Topic: topic, Format: FormatRecord, Partitions: 1,
-		WriteTimeout: component.Duration(5 * time.Second), TLS: &tlsconf.Config{}}
+	cfg := Config{
+		Brokers: k.TLSBrokers, Topic: topic, Format: FormatRecord, Partitions: 1,
+		WriteTimeout: component.Duration(5 * time.Second), TLS: &tlsconf.Config{},
+	}
 	bad, err := New(&cfg, component.BuildContext{Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

@@ -72,8 +72,10 @@ func rawRows(recs []engine.Record) [][]any {
 		doc, _ := json.Marshal(rest)
 		opened, _ := time.Parse(time.RFC3339, d["opened_on"].(string))
 		modified, _ := time.Parse(time.RFC3339, d["modified_on"].(string))
-		rows[i] = []any{r.ID, d["doc_type"], d["domain"], d["name"], d["owner_id"], opened, modified,
-			d["closed"], int32(d["age"].(int64)), string(doc), r.Rev, int64(1)}
+		rows[i] = []any{
+			r.ID, d["doc_type"], d["domain"], d["name"], d["owner_id"], opened, modified,
+			d["closed"], int32(d["age"].(int64)), string(doc), r.Rev, int64(1),
+		}
 	}
 	return rows
 }

@@ -100,8 +100,10 @@ type encoder struct {
 }
 
 func newEncoder(key string, columns []string, kinds []kind, doc, docJSON bool) *encoder {
-	e := &encoder{columns: columns, kinds: kinds, doc: doc, docJSON: docJSON,
-		skip: map[string]bool{"_id": true, "_rev": true, key: true}}
+	e := &encoder{
+		columns: columns, kinds: kinds, doc: doc, docJSON: docJSON,
+		skip: map[string]bool{"_id": true, "_rev": true, key: true},
+	}
 	for _, c := range columns {
 		e.skip[c] = true
 	}

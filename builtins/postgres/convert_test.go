@@ -55,8 +55,10 @@ func TestEncode(t *testing.T) {
 		rec  engine.Record
 		want string // vals joined by |, NULL as ∅; or the error
 	}{
-		{rec("x", "1-a", map[string]any{"_id": "x", "_rev": "1-a", "s": "str", "j": "str", "arr": []any{"a", 1.0}, "k": 1.0}),
-			`str|"str"|{"a","1"}|{"k":1}`},
+		{
+			rec("x", "1-a", map[string]any{"_id": "x", "_rev": "1-a", "s": "str", "j": "str", "arr": []any{"a", 1.0}, "k": 1.0}),
+			`str|"str"|{"a","1"}|{"k":1}`,
+		},
 		{rec("x", "", map[string]any{"s": 2.5, "j": nil, "arr": "{1,2}"}), `2.5|∅|{1,2}|{}`},
 		{rec("x", "", map[string]any{"s": true, "j": false, "arr": []any{[]any{"a"}, nil}}), `true|false|{{"a"},NULL}|{}`},
 		{rec("x", "", map[string]any{"s": map[string]any{"b": 1.0, "a": "<&>"}}), `{"a":"<&>","b":1}|∅|∅|{}`},
@@ -143,8 +145,10 @@ func TestKindOf(t *testing.T) {
 }
 
 func TestTypeRE(t *testing.T) {
-	for _, ok := range []string{"text", "double precision", "numeric(10,2)", "numeric(10, 2)", "varchar(20)",
-		"timestamp with time zone", "text[]", "int[][]", "character varying (20)[]"} {
+	for _, ok := range []string{
+		"text", "double precision", "numeric(10,2)", "numeric(10, 2)", "varchar(20)",
+		"timestamp with time zone", "text[]", "int[][]", "character varying (20)[]",
+	} {
 		if !typeRE.MatchString(ok) {
 			t.Errorf("%q refused", ok)
 		}
@@ -162,8 +166,11 @@ func TestAppendJSON(t *testing.T) {
 	for _, v := range []any{
 		nil, true, "", "plain", "quote \" backslash \\ slash /", "\x00\x01\x1f\x7f", "tab\tnl\nret\r",
 		"<&>", "\u2028\u2029", "bad \xff utf8 \xc3", "ünï 日本 🎉", 0.0, math.Copysign(0, -1), 1.0, -1.5, 1e20, 1e21, 1e-6, 1e-7,
-		123456789.123, int64(-42), 3, []any{}, []any{1.0, "a", nil, []any{true}},
-		map[string]any{}, map[string]any{"b": 1.0, "a": map[string]any{"z": "\"", "y": []any{}}, "": nil},
+		123456789.123, int64(-42), 3,
+		[]any{},
+		[]any{1.0, "a", nil, []any{true}},
+		map[string]any{},
+		map[string]any{"b": 1.0, "a": map[string]any{"z": "\"", "y": []any{}}, "": nil},
 		json.Number("12.50"),
 	} {
 		got, err := appendJSON(nil, v, true)

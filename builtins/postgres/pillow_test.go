@@ -562,8 +562,10 @@ sinks:
 
 	// A branch 2-ffff… from 1-…, then the deletion of 3-…: 2-ffff… wins.
 	hash1 := strings.SplitN(rev1, "-", 2)[1]
-	branch := map[string]any{"_id": "c1", "_rev": "2-ffffffffffffffffffffffffffffffff", "v": "branch",
-		"_revisions": map[string]any{"start": 2, "ids": []string{"ffffffffffffffffffffffffffffffff", hash1}}}
+	branch := map[string]any{
+		"_id": "c1", "_rev": "2-ffffffffffffffffffffffffffffffff", "v": "branch",
+		"_revisions": map[string]any{"start": 2, "ids": []string{"ffffffffffffffffffffffffffffffff", hash1}},
+	}
 	status, body := couch.Do(t, http.MethodPost, "/docs/_bulk_docs", map[string]any{"docs": []any{branch}, "new_edits": false})
 	if status != http.StatusCreated {
 		t.Fatalf("_bulk_docs new_edits:false: HTTP %d: %s", status, body)
@@ -685,7 +687,8 @@ sinks:
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		var seen int64
-		err := engine.Reindex(ctx, spec, engine.ReindexOptions{Log: quietLog(), Every: 10 * time.Millisecond,
+		err := engine.Reindex(ctx, spec, engine.ReindexOptions{
+			Log: quietLog(), Every: 10 * time.Millisecond,
 			Progress: func(p engine.ReindexProgress) {
 				if p.Phase != "rebuild" {
 					return
@@ -694,7 +697,8 @@ sinks:
 				if interrupt && p.Done > 0 {
 					cancel()
 				}
-			}})
+			},
+		})
 		if interrupt {
 			partial := count(dsn, "SELECT count(*) FROM docs__reindex")
 			if err == nil || partial <= 0 || partial >= n {

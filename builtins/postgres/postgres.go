@@ -539,7 +539,8 @@ func recordErrors(errs component.RecordErrors) error {
 // existing row or a record Postgres rejects; in slow mode rejected records
 // are found by bisection.
 func (s *Sink) transaction(ctx context.Context, pool *pgxpool.Pool, sch *schema, b *batch, m mode,
-	cps *Checkpoints, pillow, seq string) error {
+	cps *Checkpoints, pillow, seq string,
+) error {
 	if m == copyAll && len(b.dels) == 0 && len(b.sets) == 0 && seq == "" && b.onRejected == nil {
 		// One COPY is a transaction of its own: no BEGIN and COMMIT
 		// round trips.
@@ -554,7 +555,7 @@ func (s *Sink) transaction(ctx context.Context, pool *pgxpool.Pool, sch *schema,
 	if err != nil {
 		return err
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	if len(b.ups) > 0 {
 		rest := b.ups // to upsert
 		if m != slow {

@@ -332,8 +332,10 @@ func TestOpenErrors(t *testing.T) {
 	for _, tc := range []struct{ cfg, want string }{
 		{"table: missing\n", `table missing does not exist: create it, or set create: true`},
 		{"table: s.missing\n", `table s.missing does not exist`},
-		{"table: partial\ncolumns: {name: text, opened_on: timestamptz}\n",
-			`table partial has no column "opened_on", "doc", "_seq", "_doc_id": add them with ALTER TABLE "partial" ADD COLUMN "opened_on" timestamptz, ADD COLUMN "doc" jsonb, ADD COLUMN "_seq" bigint, ADD COLUMN "_doc_id" text; CREATE INDEX ON "partial" ("_doc_id"), or set create: true`},
+		{
+			"table: partial\ncolumns: {name: text, opened_on: timestamptz}\n",
+			`table partial has no column "opened_on", "doc", "_seq", "_doc_id": add them with ALTER TABLE "partial" ADD COLUMN "opened_on" timestamptz, ADD COLUMN "doc" jsonb, ADD COLUMN "_seq" bigint, ADD COLUMN "_doc_id" text; CREATE INDEX ON "partial" ("_doc_id"), or set create: true`,
+		},
 		{"table: partial\nkey: id\ndoc: false\n", `table partial has no key column "id"`},
 		{"table: nokey\n", `table nokey has no primary key or unique index on its key column "_id" (upserts need one): ALTER TABLE "nokey" ADD PRIMARY KEY ("_id")`},
 		{"table: x\ncolumns: {a: nosuchtype}\ncreate: true\n", `column "a": type "nosuchtype" does not exist in this database`},

@@ -116,7 +116,7 @@ func (s *Sink) RebuildTarget(ctx context.Context, fresh bool) (component.Sink, s
 	if err != nil {
 		return nil, "", err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout.D())
 	defer cancel()
 	names, err := resolveNames(ctx, conn, s.table)
@@ -181,7 +181,7 @@ func (s *Sink) Promote(ctx context.Context, keepOld bool) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
 	names, err := resolveNames(ctx, conn, s.table)
 	if err != nil {
 		return "", classify(err)
@@ -250,7 +250,7 @@ func (s *Sink) swap(ctx context.Context, conn *pgx.Conn, names rebuildNames, kee
 	if err != nil {
 		return false, err
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", s.lockTimeout().Milliseconds())); err != nil {
 		return false, err
 	}

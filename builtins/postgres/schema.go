@@ -266,7 +266,7 @@ func ddl(ctx context.Context, conn querier, table pgx.Identifier, stmts []string
 		return err
 	}
 	if err := run(); err != nil {
-		conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+		_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
 		return err
 	}
 	return nil

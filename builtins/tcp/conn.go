@@ -35,13 +35,13 @@ func dial(ctx context.Context, address string, timeout time.Duration, tlsCfg *tl
 	raw := nc.(*net.TCPConn)
 	c := &conn{nc: raw, raw: raw}
 	if c.sc, err = raw.SyscallConn(); err != nil {
-		raw.Close()
+		_ = raw.Close()
 		return nil, err
 	}
 	if tlsCfg != nil {
 		tc := tls.Client(raw, tlsCfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
-			raw.Close()
+			_ = raw.Close()
 			return nil, fmt.Errorf("TLS handshake with %s: %w", address, err)
 		}
 		c.nc = tc
@@ -57,7 +57,7 @@ func (c *conn) send(ctx context.Context, data []byte, timeout time.Duration) err
 	if err := c.nc.SetWriteDeadline(deadline); err != nil {
 		return err
 	}
-	stop := context.AfterFunc(ctx, func() { c.raw.SetWriteDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(ctx, func() { _ = c.raw.SetWriteDeadline(time.Unix(1, 0)) })
 	defer stop()
 	if _, err := c.nc.Write(data); err != nil {
 		if ctx.Err() != nil {
@@ -105,6 +105,6 @@ func (c *conn) close() error { return c.nc.Close() }
 
 // abort drops the connection at once, discarding what is still unsent.
 func (c *conn) abort() {
-	c.raw.SetLinger(0)
-	c.raw.Close()
+	_ = c.raw.SetLinger(0)
+	_ = c.raw.Close()
 }

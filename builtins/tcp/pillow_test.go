@@ -185,8 +185,10 @@ func TestShippedPipelineRuns(t *testing.T) {
 	if err := json.Unmarshal([]byte(lines[0]), &got); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]any{"_id": "case-1", "domain": "demo", "name": "amina 1", "owner_id": "owner-0001",
-		"opened_on": "2026-01-01T08:01:00Z", "closed": false, "age": 2.0, "village": "Nakuru"}
+	want := map[string]any{
+		"_id": "case-1", "domain": "demo", "name": "amina 1", "owner_id": "owner-0001",
+		"opened_on": "2026-01-01T08:01:00Z", "closed": false, "age": 2.0, "village": "Nakuru",
+	}
 	if !reflect.DeepEqual(got, want) || lineIDs(t, lines)[1] != "case-4" {
 		t.Fatalf("lines %q", lines)
 	}

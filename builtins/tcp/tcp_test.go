@@ -69,8 +69,10 @@ func TestLines(t *testing.T) {
 		t.Fatal(err)
 	}
 	batch := []engine.Record{
-		rec("a", map[string]any{"_id": "a", "name": "<Ann & co>", "n": 1.5, "age": int64(42), "closed": false,
-			"note": "two\nlines \"quoted\" é ☃", "tags": []any{"x", nil, true}, "props": map[string]any{"village": "Kisumu"}}),
+		rec("a", map[string]any{
+			"_id": "a", "name": "<Ann & co>", "n": 1.5, "age": int64(42), "closed": false,
+			"note": "two\nlines \"quoted\" é ☃", "tags": []any{"x", nil, true}, "props": map[string]any{"village": "Kisumu"},
+		}),
 		del("b"),
 		rec("c", map[string]any{"_id": "c"}),
 	}
@@ -85,8 +87,10 @@ func TestLines(t *testing.T) {
 	if err := json.Unmarshal([]byte(lines[0]), &first); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]any{"_id": "a", "name": "<Ann & co>", "n": 1.5, "age": 42.0, "closed": false,
-		"note": "two\nlines \"quoted\" é ☃", "tags": []any{"x", nil, true}, "props": map[string]any{"village": "Kisumu"}}
+	want := map[string]any{
+		"_id": "a", "name": "<Ann & co>", "n": 1.5, "age": 42.0, "closed": false,
+		"note": "two\nlines \"quoted\" é ☃", "tags": []any{"x", nil, true}, "props": map[string]any{"village": "Kisumu"},
+	}
 	if !reflect.DeepEqual(first, want) {
 		t.Errorf("line 0 = %s\ndecoded %v\nwant %v", lines[0], first, want)
 	}

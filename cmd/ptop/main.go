@@ -314,7 +314,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "ptop run: --http: %v\n", err)
 			return 1
 		}
-		defer srv.Close()
+		defer func() { _ = srv.Close() }()
 		log.Info("serving /metrics, /healthz and /status", "addr", srv.addr.String())
 	}
 	runner.Apply(specs)

@@ -34,7 +34,8 @@ type FollowChange struct {
 
 func followCase(id, rev string, closed bool, parents ...string) FollowChange {
 	return FollowChange{ID: id, Rev: rev, Doc: map[string]any{
-		"_id": id, "_rev": rev, "doc_type": "case", "closed": closed, "parents": parents}}
+		"_id": id, "_rev": rev, "doc_type": "case", "closed": closed, "parents": parents,
+	}}
 }
 
 // FollowFeeds are the two parts of the feed.

@@ -98,7 +98,7 @@ func load(url, db string, n, batch int) error {
 	if err != nil {
 		return err
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusPreconditionFailed {
 		return fmt.Errorf("creating %s: %s", db, resp.Status)
 	}
@@ -113,7 +113,7 @@ func load(url, db string, n, batch int) error {
 			return err
 		}
 		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		if resp.StatusCode != http.StatusCreated {
 			return fmt.Errorf("_bulk_docs: %s: %s", resp.Status, b)
 		}

@@ -36,12 +36,12 @@ func main() {
 			os.Exit(1)
 		}
 		go func() {
-			defer conn.Close()
+			defer func() { _ = conn.Close() }()
 			sc := bufio.NewScanner(conn)
 			sc.Buffer(make([]byte, 1<<20), 64<<20)
 			for sc.Scan() {
 				mu.Lock()
-				f.Write(append(sc.Bytes(), '\n'))
+				_, _ = f.Write(append(sc.Bytes(), '\n'))
 				mu.Unlock()
 			}
 		}()
