@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/dimagi/ptop/internal/testenv"
 )
 
 // TestHostileTransformsUnderMemoryCap runs a file of 2000 ordinary documents
@@ -15,9 +17,7 @@ import (
 // process exits 0, every ordinary record is right, and each hostile change
 // is failed with its reason while the others flow.
 func TestHostileTransformsUnderMemoryCap(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the command")
-	}
+	testenv.Integration(t, "builds and runs the command")
 	hostile := map[string]string{
 		"repeat":   "transform used more than 256 MiB",
 		"fill":     "transform used more than 256 MiB",
@@ -120,9 +120,7 @@ sinks:
 // Without a transform, a document reaches the file sink as the feed sent
 // it: numbers beyond float64 exactly, keys in order.
 func TestPassthroughKeepsNumbersExactly(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the command")
-	}
+	testenv.Integration(t, "builds and runs the command")
 	dir := t.TempDir()
 	doc := `{"_id":"big","z":12345678901234567890123,"a":9007199254740993,"m":-0.1000000000000000055511151231257827}`
 	write(t, filepath.Join(dir, "in.jsonl"), `{"seq":1,"id":"big","changes":[{"rev":"1-a"}],"doc":`+doc+"}\n")

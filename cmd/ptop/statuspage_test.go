@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/dimagi/ptop/internal/testenv"
 )
 
 // chromium is Debian's browser, which scripts/test.sh installs.
@@ -18,9 +19,7 @@ const chromium = "/usr/bin/chromium"
 // browser starts a headless chromium for the test, or skips under -short.
 func browser(t *testing.T) context.Context {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test: starts chromium; runs without -short")
-	}
+	testenv.Integration(t, "starts chromium")
 	if _, err := os.Stat(chromium); err != nil {
 		t.Fatalf("%s not found: run scripts/test.sh prepare (it installs Debian's chromium: apt-get install chromium)", chromium)
 	}

@@ -86,7 +86,7 @@ type couchProc struct {
 // relative path is taken from the test's working directory, its package dir).
 func StartCouch(t testing.TB, opts CouchOptions) *Couch {
 	t.Helper()
-	skipShort(t, "pouchdb-server")
+	Integration(t, "starts pouchdb-server")
 	bin, err := PouchDBBin()
 	if err != nil {
 		t.Fatalf("testenv: %v", err)

@@ -118,7 +118,7 @@ var sharedKafka struct {
 // and with a clear message if Java or the jars are missing.
 func StartKafka(t testing.TB, opts ...KafkaOptions) *Kafka {
 	t.Helper()
-	skipShort(t, "a Kafka broker")
+	Integration(t, "starts a Kafka broker")
 	var o KafkaOptions
 	if len(opts) > 0 {
 		o = opts[0]

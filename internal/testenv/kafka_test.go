@@ -54,7 +54,7 @@ func TestKafkaShared(t *testing.T) {
 }
 
 func TestKafkaOwnRestart(t *testing.T) {
-	skipShort(t, "a Kafka broker")
+	Integration(t, "starts a Kafka broker")
 	var dir string
 	t.Run("broker", func(t *testing.T) {
 		k := StartKafka(t, KafkaOptions{Own: true})

@@ -119,7 +119,7 @@ type sharedServer struct {
 // does not start, and with a clear message if Java or Maven is missing.
 func StartSearch(t testing.TB, opts SearchOptions) *OpenSearch {
 	t.Helper()
-	skipShort(t, "a search server")
+	Integration(t, "starts a search server")
 	if opts.Dist == "" {
 		opts.Dist = OpenSearch2
 	}

@@ -40,7 +40,7 @@ func TestOpenSearchShared(t *testing.T) {
 }
 
 func TestOpenSearchOwnRestart(t *testing.T) {
-	skipShort(t, "a search server")
+	Integration(t, "starts a search server")
 	t.Parallel()
 	var dir string
 	t.Run("server", func(t *testing.T) {

@@ -77,7 +77,7 @@ type pgProc struct {
 // others can share one with SharedPostgres.
 func StartPostgres(t testing.TB) *Postgres {
 	t.Helper()
-	skipShort(t, "PostgreSQL")
+	Integration(t, "starts PostgreSQL")
 	p, err := startPostgres()
 	if p != nil {
 		t.Cleanup(p.destroy)
@@ -101,7 +101,7 @@ var shared struct {
 // (Linux) but its temporary directory stays.
 func SharedPostgres(t testing.TB) *Postgres {
 	t.Helper()
-	skipShort(t, "PostgreSQL")
+	Integration(t, "starts PostgreSQL")
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
 	if shared.pg == nil && shared.err == nil {

@@ -56,13 +56,20 @@ func awaitExit(cmd *exec.Cmd, done <-chan struct{}, sig syscall.Signal, grace ti
 	}
 }
 
-// skipShort skips t under `go test -short`: a test that starts a server is an
-// integration test, and -short runs the unit tier only.
-func skipShort(t testing.TB, server string) {
+// Integration marks t as an integration test: what it needs starts a real
+// server, a browser or the ptop binary. Under `go test -short` (the unit
+// tier) it is skipped; but never in CI (CI set, as on the CI machine):
+// there a skipped integration test would hide a missing service, so
+// -short fails the test instead.
+func Integration(t testing.TB, needs string) {
 	t.Helper()
-	if testing.Short() {
-		t.Skipf("integration test: starts %s; runs without -short", server)
+	if !testing.Short() {
+		return
 	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("integration test (%s) under -short with CI set: CI runs every integration test", needs)
+	}
+	t.Skipf("integration test: %s; runs without -short", needs)
 }
 
 // logTail returns the last lines (up to 40, from the last 8 KB) of the log
