@@ -1,14 +1,11 @@
 package file
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
-	"sort"
 	"testing"
 
 	"github.com/dimagi/ptop/engine"
@@ -37,40 +34,8 @@ func TestRecordsFollowTheirDocument(t *testing.T) {
 		if err := engine.NewPillow(spec, engine.RunOptions{RecordSets: sets}).Run(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		if got, want := foldFile(t, out), testenv.FollowAfter[i]; !reflect.DeepEqual(got, want) {
+		if got, want := testenv.FileSinkIDs(t, out), testenv.FollowAfter[i]; !reflect.DeepEqual(got, want) {
 			t.Fatalf("after part %d: %v, want %v", i+1, got, want)
 		}
 	}
-}
-
-// foldFile applies the file sink's lines in order and returns the ids left.
-func foldFile(t *testing.T, path string) []string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	state := map[string]bool{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		var l struct{ Action, ID string }
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			t.Fatal(err)
-		}
-		switch l.Action {
-		case "index":
-			state[l.ID] = true
-		case "delete":
-			delete(state, l.ID)
-		default:
-			t.Fatalf("line %s", sc.Bytes())
-		}
-	}
-	ids := []string{}
-	for id := range state {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	return ids
 }

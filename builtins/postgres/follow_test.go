@@ -2,12 +2,10 @@ package postgres
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
-	"sort"
 	"strings"
 	"testing"
 
@@ -112,7 +110,7 @@ func TestCheckpointStoreKeepsRecordSets(t *testing.T) {
 		if err := engine.NewPillow(spec, engine.RunOptions{Log: quietLog()}).Run(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		if got, want := foldFileSink(t, out), testenv.FollowAfter[i]; !reflect.DeepEqual(got, want) {
+		if got, want := testenv.FileSinkIDs(t, out), testenv.FollowAfter[i]; !reflect.DeepEqual(got, want) {
 			t.Fatalf("after part %d: %v, want %v", i+1, got, want)
 		}
 	}
@@ -120,32 +118,4 @@ func TestCheckpointStoreKeepsRecordSets(t *testing.T) {
 	if want := "hh||ptop: this pillow keeps record sets\nhh|c2|c2:h8\nhh|c3|c3:h3,c3:h6\nhh|c5|c5:h9"; got != want {
 		t.Errorf("record sets:\n%s\nwant\n%s", got, want)
 	}
-}
-
-// foldFileSink applies the file sink's lines in order and returns the ids
-// left.
-func foldFileSink(t *testing.T, path string) []string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	state := map[string]bool{}
-	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		var l struct{ Action, ID string }
-		if err := json.Unmarshal([]byte(line), &l); err != nil {
-			t.Fatal(err)
-		}
-		if l.Action == "delete" {
-			delete(state, l.ID)
-		} else {
-			state[l.ID] = true
-		}
-	}
-	ids := []string{}
-	for id := range state {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	return ids
 }

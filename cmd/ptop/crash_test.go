@@ -87,54 +87,19 @@ sinks:
 	t.Setenv("COUCH_URL", couch.URL)
 	t.Setenv("OUT", out)
 
-	// Meanwhile, documents are updated and deleted (their type kept).
-	stop := make(chan struct{})
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		rnd := rand.New(rand.NewPCG(1, 2))
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(2 * time.Millisecond):
-			}
-			id := fmt.Sprintf("d%05d", rnd.IntN(n))
-			resp, err := http.Get(couch.URL + "/crash/" + id)
-			if err != nil {
-				t.Errorf("get: %v", err)
-				return
-			}
-			var d map[string]any
-			json.NewDecoder(resp.Body).Decode(&d)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				continue // deleted already
-			}
-			var req *http.Request
-			if rnd.IntN(4) == 0 {
-				req, _ = http.NewRequest(http.MethodDelete, couch.URL+"/crash/"+id+"?rev="+d["_rev"].(string), nil)
-			} else {
-				d["v"] = d["v"].(float64) + 100000
-				b, _ := json.Marshal(d)
-				req, _ = http.NewRequest(http.MethodPut, couch.URL+"/crash/"+id, bytes.NewReader(b))
-				req.Header.Set("Content-Type", "application/json")
-			}
-			if resp, err := http.DefaultClient.Do(req); err == nil {
-				resp.Body.Close()
-			}
+	// Meanwhile, documents are updated and deleted (their type kept), and
+	// ptop is killed at random ten times.
+	stopWriting := editAtRandom(t, couch.URL+"/crash/", rand.New(rand.NewPCG(1, 2)), func(rnd *rand.Rand) string {
+		return fmt.Sprintf("d%05d", rnd.IntN(n))
+	}, func(rnd *rand.Rand, d map[string]any) (remove bool) {
+		if rnd.IntN(4) == 0 {
+			return true
 		}
-	}()
-
-	rnd := rand.New(rand.NewPCG(3, 4))
-	for i := 0; i < 10; i++ {
-		p := startPtop(t, "run", pdir)
-		time.Sleep(time.Duration(150+rnd.IntN(400)) * time.Millisecond)
-		p.cmd.Process.Signal(syscall.SIGKILL)
-		<-p.done
-	}
-	close(stop)
-	<-writerDone
+		d["v"] = d["v"].(float64) + 100000
+		return false
+	})
+	killAtRandom(t, pdir, 10, rand.New(rand.NewPCG(3, 4)), 150*time.Millisecond, 400*time.Millisecond)
+	stopWriting()
 	killedAt := len(readLines(t, out))
 
 	p := startPtop(t, "run", pdir)
@@ -166,4 +131,63 @@ sinks:
 	}
 	p.stop(t)
 	t.Logf("%d records written before the last start, %d expected in the end", killedAt, len(want))
+}
+
+// editAtRandom edits documents under base (a database URL ending in "/")
+// every 2 ms until the returned stop is called: pick names the document,
+// edit changes it, or says to delete it. A document already deleted is
+// skipped.
+func editAtRandom(t *testing.T, base string, rnd *rand.Rand, pick func(*rand.Rand) string, edit func(*rand.Rand, map[string]any) (remove bool)) (stop func()) {
+	t.Helper()
+	quit := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			id := pick(rnd)
+			resp, err := http.Get(base + id)
+			if err != nil {
+				t.Errorf("get: %v", err)
+				return
+			}
+			var d map[string]any
+			_ = json.NewDecoder(resp.Body).Decode(&d)
+			_ = resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				continue // deleted already
+			}
+			var req *http.Request
+			if edit(rnd, d) {
+				req, _ = http.NewRequest(http.MethodDelete, base+id+"?rev="+d["_rev"].(string), nil)
+			} else {
+				b, _ := json.Marshal(d)
+				req, _ = http.NewRequest(http.MethodPut, base+id, bytes.NewReader(b))
+				req.Header.Set("Content-Type", "application/json")
+			}
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				_ = resp.Body.Close()
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-done
+	}
+}
+
+// killAtRandom runs `ptop run dir` times times, each killed with SIGKILL
+// after at least minRun and up to spread more.
+func killAtRandom(t *testing.T, dir string, times int, rnd *rand.Rand, minRun, spread time.Duration) {
+	t.Helper()
+	for i := 0; i < times; i++ {
+		p := startPtop(t, "run", dir)
+		time.Sleep(minRun + time.Duration(rnd.Int64N(int64(spread))))
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		<-p.done
+	}
 }

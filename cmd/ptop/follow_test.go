@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -9,7 +8,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
-	"syscall"
 	"testing"
 	"time"
 
@@ -69,64 +67,29 @@ sinks:
 	t.Setenv("OUT", out)
 	t.Setenv("PG_DSN", dsn)
 
-	// Meanwhile, cases change parents, close, reopen, and are deleted.
-	stop := make(chan struct{})
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		rnd := rand.New(rand.NewPCG(7, 8))
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(2 * time.Millisecond):
-			}
-			id := fmt.Sprintf("c%04d", rnd.IntN(n))
-			resp, err := http.Get(couch.URL + "/hh/" + id)
-			if err != nil {
-				t.Errorf("get: %v", err)
-				return
-			}
-			var d map[string]any
-			json.NewDecoder(resp.Body).Decode(&d)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				continue // deleted already
-			}
-			var req *http.Request
-			switch rnd.IntN(8) {
-			case 0:
-				req, _ = http.NewRequest(http.MethodDelete, couch.URL+"/hh/"+id+"?rev="+d["_rev"].(string), nil)
-			case 1, 2:
-				d["closed"] = !d["closed"].(bool)
-			default:
-				var ps []any
-				for h := 0; h < 4; h++ {
-					if rnd.IntN(2) == 0 {
-						ps = append(ps, fmt.Sprintf("h%d", h))
-					}
+	// Meanwhile, cases change parents, close, reopen, and are deleted,
+	// and ptop is killed at random eight times.
+	stopWriting := editAtRandom(t, couch.URL+"/hh/", rand.New(rand.NewPCG(7, 8)), func(rnd *rand.Rand) string {
+		return fmt.Sprintf("c%04d", rnd.IntN(n))
+	}, func(rnd *rand.Rand, d map[string]any) (remove bool) {
+		switch rnd.IntN(8) {
+		case 0:
+			return true
+		case 1, 2:
+			d["closed"] = !d["closed"].(bool)
+		default:
+			var ps []any
+			for h := 0; h < 4; h++ {
+				if rnd.IntN(2) == 0 {
+					ps = append(ps, fmt.Sprintf("h%d", h))
 				}
-				d["parents"] = ps
 			}
-			if req == nil {
-				b, _ := json.Marshal(d)
-				req, _ = http.NewRequest(http.MethodPut, couch.URL+"/hh/"+id, bytes.NewReader(b))
-				req.Header.Set("Content-Type", "application/json")
-			}
-			if resp, err := http.DefaultClient.Do(req); err == nil {
-				resp.Body.Close()
-			}
+			d["parents"] = ps
 		}
-	}()
-
-	for i := 0; i < 8; i++ {
-		p := startPtop(t, "run", pdir)
-		time.Sleep(time.Duration(200+rnd.IntN(500)) * time.Millisecond)
-		p.cmd.Process.Signal(syscall.SIGKILL)
-		<-p.done
-	}
-	close(stop)
-	<-writerDone
+		return false
+	})
+	killAtRandom(t, pdir, 8, rnd, 200*time.Millisecond, 500*time.Millisecond)
+	stopWriting()
 
 	// What the current documents produce.
 	_, body := couch.Do(t, http.MethodGet, "/hh/_all_docs?include_docs=true", nil)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -91,4 +92,38 @@ func FollowFeedFile(t testing.TB, i int) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// FileSinkIDs folds what a file sink wrote at path (index and delete
+// lines, in order) into the ids it holds in the end, sorted.
+func FileSinkIDs(t testing.TB, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if line == "" {
+			continue
+		}
+		var l struct{ Action, ID string }
+		if err := json.Unmarshal([]byte(line), &l); err != nil {
+			t.Fatalf("file sink line %q: %v", line, err)
+		}
+		switch l.Action {
+		case "index":
+			state[l.ID] = true
+		case "delete":
+			delete(state, l.ID)
+		default:
+			t.Fatalf("file sink line %q: action %q", line, l.Action)
+		}
+	}
+	ids := []string{}
+	for id := range state {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
 }
