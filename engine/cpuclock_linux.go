@@ -30,5 +30,3 @@ func (c threadClock) now() time.Duration {
 	}
 	return time.Duration(ts.Nano())
 }
-
-const cpuClock = true

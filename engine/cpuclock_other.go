@@ -15,5 +15,3 @@ func unlockThreadClock() {}
 var clockStart = time.Now()
 
 func (threadClock) now() time.Duration { return time.Since(clockStart) }
-
-const cpuClock = false
